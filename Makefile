@@ -1,0 +1,21 @@
+# Two user-facing targets: `make demo` (the main job) and `make test`. Both create .venv on first use.
+PY      ?= python3
+TORCH   ?= torch==2.13.0
+VENV    := .venv
+STAMP   := $(VENV)/.installed-stamp
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q "$(TORCH)"
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+.PHONY: install demo test
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m models.summary --preset toy
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests
