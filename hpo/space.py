@@ -1,0 +1,325 @@
+"""The search-space file: schema, validation and conversion to Optuna distributions.
+
+One YAML file describes a search (README, "The space file"):
+
+    experiment: {name, tracking_uri, storage_path}
+    base:       a complete run config, or a path (relative to the space file) to one
+    space:      {dotted.key: {type: int|float|categorical, ...}}
+    search:     {sampler, seed, num_samples, max_concurrent, points_to_evaluate, feedback}
+    scheduler:  {name: asha|none, metric, mode, time_attr, max_t, grace_period, reduction_factor}
+    resources:  {cpu, gpu}
+    failure:    {max_retries}
+    promote:    overrides applied to winners at full budget (hpo.promote)
+
+Everything is checked before Ray starts; each problem is one `SpaceError` line naming the key.
+Structural checks (N3 above a block's channels, dilation < 1, crop vs. stride) build the model on
+PyTorch's `meta` device at every corner of the space, so they cost no memory and no compute.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hpo.config import (ConfigError, apply_overrides, encode_choice, get_key, has_key, load_yaml,
+                        normalize)
+
+
+class SpaceError(ValueError):
+    """A problem with a space file: one line naming the key and what was expected."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class IntDist(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and (self.low < 1 or self.step != 1):
+            raise ValueError("log scale needs low >= 1 and step 1")
+        return self
+
+
+class FloatDist(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+
+class CategoricalDist(_Strict):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+Distribution = Annotated[Union[IntDist, FloatDist, CategoricalDist], Field(discriminator="type")]
+
+
+class ExperimentSection(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    tracking_uri: str | None = None
+    storage_path: str = "./ray_results"
+
+
+class SearchSection(_Strict):
+    sampler: Literal["tpe", "random", "cmaes", "gp", "nsga2"] = "tpe"
+    seed: int = 0
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    points_to_evaluate: list[dict[str, Any]] = []
+    # "pruned": ASHA-stopped trials are told to Optuna as PRUNED (ctxtune's honest feedback);
+    # "complete": Ray's out-of-the-box behaviour, kept for the search-efficiency benchmark.
+    feedback: Literal["pruned", "complete"] = "pruned"
+
+
+class SchedulerSection(_Strict):
+    name: Literal["asha", "none"] = "asha"
+    metric: str = "val_miou"
+    mode: Literal["max", "min"] = "max"
+    time_attr: Literal["training_iteration"] = "training_iteration"
+    max_t: int | None = Field(None, ge=1)   # default: the number of validations in base.budget
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2, gt=1)
+
+
+class ResourcesSection(_Strict):
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _gpu_fraction(self):
+        if self.gpu > 1 and self.gpu != int(self.gpu):
+            raise ValueError("gpu: fractions are only allowed below 1 (e.g. 0.5), whole numbers above")
+        return self
+
+
+class FailureSection(_Strict):
+    max_retries: int = Field(1, ge=0)
+
+
+class SpaceFile(_Strict):
+    experiment: ExperimentSection
+    base: dict[str, Any] | str
+    space: dict[str, Distribution] = Field(min_length=1)
+    search: SearchSection = SearchSection()
+    scheduler: SchedulerSection = SchedulerSection()
+    resources: ResourcesSection = ResourcesSection()
+    failure: FailureSection = FailureSection()
+    promote: dict[str, Any] = {}
+
+
+def load_space(path: str | Path) -> SpaceFile:
+    """Parse and fully validate a space file; raises SpaceError (one line) on any problem."""
+    path = Path(path)
+    try:
+        raw = load_yaml(path, "space")
+    except ConfigError as err:
+        raise SpaceError(str(err)) from None
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: expected a mapping with experiment/base/space sections")
+    try:
+        spec = SpaceFile.model_validate(raw)
+    except ValidationError as err:
+        raise SpaceError(_space_error_line(err)) from None
+    if isinstance(spec.base, str):
+        base_path = (path.parent / spec.base)
+        try:
+            spec.base = load_yaml(base_path, "base run config")
+        except ConfigError as err:
+            raise SpaceError(f"base: {err}") from None
+    validate(spec)
+    return spec
+
+
+def _space_error_line(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    # pydantic names the union member it tried ("space.x.int.low"); users never wrote that level.
+    if len(loc) >= 3 and loc[0] == "space" and loc[2] in ("int", "float", "categorical"):
+        del loc[2]
+    if len(loc) == 2 and loc[0] == "space" and first["type"] in ("model_attributes_type", "dict_type",
+                                                                   "model_type"):
+        return f"space.{loc[1]}: expected a mapping like {{type: int, low: 1, high: 8}}"
+    if len(loc) == 2 and loc[0] == "space" and first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        return f"space.{loc[1]}.type: expected one of int, float, categorical (got {first.get('input', {}).get('type')!r})"
+    return _line(dict(first, loc=tuple(loc)))
+
+
+def _line(first: dict) -> str:
+    key = ".".join(first["loc"])
+    kind, msg = first["type"], first["msg"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    got = first.get("input")
+    suffix = f" (got {got!r})" if kind not in ("value_error",) and not isinstance(got, dict) else ""
+    return f"{key}: {msg}{suffix}"
+
+
+def max_reports(base: dict) -> int:
+    """How many validations (Tune results) a full-budget trial reports."""
+    b = base["budget"]
+    return math.ceil(b["epochs"] / b["val_every"]) if b["epochs"] % b["val_every"] else b["epochs"] // b["val_every"]
+
+
+def validate(spec: SpaceFile) -> None:
+    try:
+        spec.base = normalize(spec.base)
+    except ConfigError as err:
+        raise SpaceError(f"base.{err}") from None
+    base = spec.base
+    _build_on_meta(base, where="base")
+    for key, dist in spec.space.items():
+        if not has_key(base, key):
+            raise SpaceError(f"space.{key}: not a key of the base config (every searched key needs a default in base)")
+        current = get_key(base, key)
+        if isinstance(dist, (IntDist, FloatDist)) and (isinstance(current, (list, dict, str, bool)) ):
+            raise SpaceError(f"space.{key}: a {dist.type} distribution cannot set this key "
+                             f"(base value {current!r} is a {type(current).__name__}); use categorical")
+        if isinstance(dist, CategoricalDist):
+            for choice in dist.choices:
+                if isinstance(choice, dict):
+                    raise SpaceError(f"space.{key}.choices: a choice may be a scalar or a list, not a mapping")
+    sched = spec.scheduler
+    full = max_reports(base)
+    if sched.max_t is None:
+        sched.max_t = full
+    elif sched.max_t > full:
+        raise SpaceError(f"scheduler.max_t: expected <= {full} (base.budget reports {full} validations), "
+                         f"got {sched.max_t}")
+    if sched.name == "asha" and sched.grace_period > sched.max_t:
+        raise SpaceError(f"scheduler.grace_period: expected <= max_t ({sched.max_t}), got {sched.grace_period}")
+    if spec.search.max_concurrent > spec.search.num_samples:
+        spec.search.max_concurrent = spec.search.num_samples
+    for i, point in enumerate(spec.search.points_to_evaluate):
+        for key, value in point.items():
+            if key not in spec.space:
+                raise SpaceError(f"search.points_to_evaluate[{i}].{key}: not a key of space")
+            _check_in(spec.space[key], value, f"search.points_to_evaluate[{i}].{key}")
+    _check_structure(spec)
+
+
+def _check_in(dist: Distribution, value: Any, where: str) -> None:
+    if isinstance(dist, CategoricalDist):
+        if value not in dist.choices:
+            raise SpaceError(f"{where}: expected one of {dist.choices}, got {value!r}")
+    elif not isinstance(value, (int, float)) or isinstance(value, bool) or not dist.low <= value <= dist.high:
+        raise SpaceError(f"{where}: expected a number in [{dist.low}, {dist.high}], got {value!r}")
+
+
+def corners(spec: SpaceFile, limit: int = 64) -> list[dict[str, Any]]:
+    """Configs at the extremes of every knob (low/high, every choice), capped at `limit`."""
+    options = []
+    for key, dist in spec.space.items():
+        vals = dist.choices if isinstance(dist, CategoricalDist) else [dist.low, dist.high]
+        options.append([(key, v) for v in vals])
+    out = []
+    for combo in itertools.product(*options):
+        out.append(dict(combo))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _build_on_meta(cfg: dict, where: str):
+    """Build the model on PyTorch's meta device: every structural check, no memory, no compute."""
+    import torch
+
+    from models import build_model
+
+    with torch.device("meta"):
+        try:
+            return build_model(cfg)
+        except ValueError as err:
+            raise SpaceError(f"{where}.{err}") from None
+
+
+def _check_structure(spec: SpaceFile) -> None:
+    """Build the model at every corner of the space."""
+    for overrides in corners(spec):
+        cfg = apply_overrides(spec.base, overrides)
+        try:
+            cfg = normalize(cfg)
+            model = _build_on_meta(cfg, where="base")
+        except (ConfigError, SpaceError) as err:
+            knobs = ", ".join(f"{k}={v!r}" for k, v in overrides.items())
+            msg = str(err).removeprefix("base.")
+            key = msg.split(":", 1)[0]
+            prefix = f"space.{key}" if key in spec.space else f"base.{key}"
+            raise SpaceError(f"{prefix}: {msg.split(':', 1)[-1].strip()} (at {knobs})") from None
+        crop = cfg["data"]["crop"]
+        stride = getattr(model, "input_multiple", None) or _model_stride(cfg)
+        if stride and (crop[0] % stride or crop[1] % stride):
+            where = "space.data.crop" if "data.crop" in spec.space else "base.data.crop"
+            raise SpaceError(f"{where}: expected both sides divisible by {stride} (the model's stride), "
+                             f"got {crop}")
+
+
+def _model_stride(cfg: dict) -> int | None:
+    """The input-size multiple a model needs: backbone stem/pool stride 4 × the shuffle factor, etc."""
+    m = cfg["model"]
+    stride = m.get("backbone", {}).get("output_stride")
+    if m.get("name") == "spacemeshlab" and m.get("spam", True):
+        stride = max(stride or 1, 16)   # SpaM's pixel unshuffle by 4 twice
+    return stride
+
+
+def optuna_distributions(spec: SpaceFile) -> dict[str, optuna.distributions.BaseDistribution]:
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for key, d in spec.space.items():
+        if isinstance(d, IntDist):
+            out[key] = optuna.distributions.IntDistribution(d.low, d.high, log=d.log, step=d.step)
+        elif isinstance(d, FloatDist):
+            out[key] = optuna.distributions.FloatDistribution(d.low, d.high, log=d.log, step=d.step)
+        else:
+            out[key] = optuna.distributions.CategoricalDistribution([encode_choice(c) for c in d.choices])
+    return out
+
+
+def make_sampler(spec: SpaceFile) -> optuna.samplers.BaseSampler:
+    s = spec.search
+    if s.sampler == "tpe":
+        # Optuna 5's TPE is multivariate with a constant liar by default; group=True keeps
+        # conditional spaces (a knob present only for some choices) well defined.
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=min(10, max(2, s.num_samples // 3)))
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=s.seed, warn_independent_sampling=False)
+    if s.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed)
+    return optuna.samplers.NSGAIISampler(seed=s.seed)
+
+
+def encoded_points(spec: SpaceFile) -> list[dict[str, Any]]:
+    return [{k: encode_choice(v) for k, v in p.items()} for p in copy.deepcopy(spec.search.points_to_evaluate)]
