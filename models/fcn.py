@@ -3,8 +3,9 @@
 ``SegModel`` owns the backbone, the optional FCN auxiliary head on block 4 (aux output ``block4``,
 DESIGN weight 0.4, switched by ``model.aux_head``) and the final bilinear upsampling
 (align_corners=False) of every output to the input size. A subclass implements
-``decode(feats) -> (logits, extra_aux)``. Parameter groups for reports follow module names:
-``backbone.*`` = backbone, ``aux_*`` = auxiliary heads (dropped at inference), the rest = head.
+``decode(feats) -> (logits, extra_aux)``. Module naming convention (``models.summary`` groups
+parameters by it): ``backbone`` = backbone, top-level ``aux_*`` = auxiliary heads (unused at
+inference), everything else = head.
 
 Common keys (defaults = paper values): ``model.num_classes`` (required), ``model.head_channels`` (512),
 ``model.dropout`` (0.1), ``model.aux_head`` (true), ``model.aux_channels`` (aux FCN head width;
@@ -62,15 +63,6 @@ class SegModel(nn.Module):
         if self.aux_block4 is not None:
             aux["block4"] = resize(self.aux_block4(feats["block4"]), size)
         return {"out": resize(logits, size), "aux": aux}
-
-    def param_groups(self) -> dict[str, int]:
-        """Parameter counts by part: backbone / head / aux."""
-        groups = {"backbone": 0, "head": 0, "aux": 0}
-        for name, p in self.named_parameters():
-            top = name.split(".", 1)[0]
-            part = "backbone" if top == "backbone" else ("aux" if top.startswith("aux_") else "head")
-            groups[part] += p.numel()
-        return groups
 
 
 class FCN(SegModel):
