@@ -1,0 +1,76 @@
+"""A corpus of malformed space files: each gives its one-line error and exit code 2, before Ray."""
+
+from pathlib import Path
+
+import pytest
+
+from hpo import search
+
+BAD = sorted((Path(__file__).parent / "bad_spaces").glob("*.yaml"))
+DEMO = Path(__file__).parents[1] / "search_spaces" / "demo.yaml"
+
+
+def test_corpus_is_large_enough():
+    assert len(BAD) >= 12
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_malformed_space_is_one_line_and_exit_2(path, capsys):
+    expected = path.read_text().splitlines()[0].removeprefix("# expect:").strip()
+    rc = search.main([str(path), "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert expected in err
+
+
+def test_cli_subprocess_has_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    bad = Path(__file__).parent / "bad_spaces" / "n3_above_channels.yaml"
+    proc = subprocess.run([sys.executable, "-m", "hpo.search", str(bad)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "model.selection.n3" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_dry_run_samples_within_bounds(capsys):
+    from hpo.space import load_space
+
+    spec = load_space(DEMO)
+    assert search.main([str(DEMO), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    samples = [ln for ln in out.splitlines() if ln.startswith("sample ")]
+    assert len(samples) == 3
+    # the paper's point is proposed first
+    assert "model.selection.n3=11" in samples[0] and "model.selection.n5=32" in samples[0]
+    for line in samples:
+        for part in line.split(": ", 1)[1].split(", "):
+            key, value = part.split("=")
+            dist = spec.space[key]
+            assert dist.low <= float(value) <= dist.high, (key, value)
+
+
+def test_list_valued_categorical_round_trips():
+    """A dilation grid is one categorical choice even though Optuna only holds scalars."""
+    import optuna
+
+    from hpo.config import apply_overrides, encode_choice
+    from hpo.space import CategoricalDist
+
+    grid = [[6, 12, 18], [6, 12, 18]]
+    dist = optuna.distributions.CategoricalDistribution([encode_choice(grid), "paper9"])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        t = study.ask({"model.metrocon.grid": dist})
+        cfg = apply_overrides({"model": {"metrocon": {"grid": None}}}, t.params)
+        value = cfg["model"]["metrocon"]["grid"]
+        assert value in (grid, "paper9")
+        seen.add(str(value))
+        study.tell(t, 0.0)
+    assert len(seen) == 2
+    assert CategoricalDist(type="categorical", choices=[grid]).choices == [grid]
