@@ -71,13 +71,3 @@ class GloReUnit(nn.Module):
         y = torch.bmm(v, b).reshape(n, self.num_state, h, w)
         return x + self.blocker(self.conv_extend(y))
 
-
-def official_param_count(in_channels: int, num_mid: int) -> int:
-    """Parameters of the official ``GloRe_Unit(in_channels, num_mid)``, written out term by term."""
-    s, nn_ = 2 * num_mid, num_mid
-    conv_state = in_channels * s + s
-    conv_proj = in_channels * nn_ + nn_
-    gcn = (nn_ * nn_ + nn_) + s * s
-    conv_extend = s * in_channels
-    blocker = 2 * in_channels
-    return conv_state + conv_proj + gcn + conv_extend + blocker

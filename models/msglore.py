@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from models.backbone import ResNetBackbone, build_backbone
 from models.config import get, get_bool, get_choice, get_int, section
