@@ -1,0 +1,267 @@
+"""The one training loop shared by search trials, `hpo.train` and promotion.
+
+`Trainer(cfg)` builds data, model, SGD (momentum, weight decay) and a poly LR schedule from a run
+config, then `fit(on_validation=...)` trains epoch by epoch and calls back after every validation
+with the metrics; the caller decides what to do with them (Ray Tune report, MLflow, printing) and
+when to checkpoint. The engine itself knows nothing of Ray or MLflow.
+
+Choices:
+- One learning rate for all parameters (the papers give a single initial LR); poly decay per
+  iteration over the whole budget, power `optim.poly_power` (0.9).
+- An epoch is one pass over the training split, or `budget.iters_per_epoch` steps (cycling the
+  loader) so a search can set a fixed, dataset-independent budget.
+- The training shuffle order of epoch e is drawn from `seed + e`, so a run resumed at an epoch
+  boundary sees the same batches as an uninterrupted one.
+- mIoU and pixel accuracy are reported in percent ("mIoU points").
+- A non-finite loss stops the run at once with `DivergenceError` (a search records the trial as
+  failed and goes on).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+import datasets
+from datasets.inference import predict_logits
+from datasets.metrics import ConfusionMatrix
+from models import build_model, seg_loss
+
+from hpo.config import normalize
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class ValidationResult:
+    metrics: dict[str, float]
+    per_class_iou: dict[str, float]
+    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # image, pred, gt
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(cfg: dict) -> torch.device:
+    want = cfg["runtime"]["device"]
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("runtime.device: cuda requested but no GPU is visible")
+    return torch.device(want)
+
+
+def _auto(value, default: bool) -> bool:
+    return default if value == "auto" else bool(value)
+
+
+class Trainer:
+    def __init__(self, cfg: dict, log: Callable[[str], None] = print):
+        self.cfg = cfg = normalize(cfg)
+        self.log = log
+        rt = cfg["runtime"]
+        if rt["threads"]:
+            torch.set_num_threads(rt["threads"])
+        if rt["deterministic"]:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        seed_everything(cfg["seed"])
+        self.device = resolve_device(cfg)
+        on_gpu = self.device.type == "cuda"
+        amp = rt["amp"] if rt["amp"] != "auto" else ("bf16" if on_gpu else "off")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+        self.channels_last = _auto(rt["channels_last"], on_gpu)
+        if on_gpu:
+            torch.backends.cudnn.benchmark = _auto(rt["cudnn_benchmark"], True)
+
+        self.data = datasets.build(cfg)
+        self.model: nn.Module = build_model(cfg).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if rt["compile"] else self.model
+        o = cfg["optim"]
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o["lr"], momentum=o["momentum"],
+                                         weight_decay=o["weight_decay"])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+
+        self.steps_per_epoch = cfg["budget"]["iters_per_epoch"] or len(self._train_loader(0))
+        self.total_steps = self.steps_per_epoch * cfg["budget"]["epochs"]
+        power = o["poly_power"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: max(0.0, 1.0 - step / self.total_steps) ** power)
+        self.epoch = 0          # epochs finished
+        self.step = 0           # optimizer steps taken
+
+    # --- data -------------------------------------------------------------------------------
+    def _train_loader(self, epoch: int):
+        gen = torch.Generator().manual_seed(self.cfg["seed"] * 1000 + epoch)
+        return self.data.train_loader(generator=gen)
+
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        nb = self.device.type == "cuda"
+        image = batch["image"].to(self.device, non_blocking=nb)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image, batch["label"].to(self.device, non_blocking=nb)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # --- training ---------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        start = time.perf_counter()
+        total, count = 0.0, 0
+        loader = self._train_loader(self.epoch)
+        batches = iter(loader)
+        for _ in range(self.steps_per_epoch):
+            try:
+                batch = next(batches)
+            except StopIteration:      # iters_per_epoch longer than one pass: cycle
+                batches = iter(loader)
+                batch = next(batches)
+            image, label = self._to_device(batch)
+            with self._autocast():
+                outputs = self.forward(image)
+                loss, _terms = seg_loss(outputs, label, self.cfg)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise DivergenceError(f"loss became {value} at step {self.step + 1} (epoch {self.epoch + 1})")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            total += value
+            count += 1
+        self.epoch += 1
+        return {"train_loss": total / max(count, 1),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_seconds": time.perf_counter() - start}
+
+    @torch.no_grad()
+    def validate(self, *, tta: bool | None = None, keep: int | None = None) -> ValidationResult:
+        """mIoU on the val split; `tta` overrides eval.tta, `keep` how many samples to return."""
+        ev = self.cfg["eval"]
+        tta = ev["tta"] if tta is None else tta
+        keep = ev["overlays"] if keep is None else keep
+        self.model.eval()
+        cm = ConfusionMatrix(self.data.num_classes, ignore_index=self.data.ignore_index, device=self.device)
+        samples = []
+        crop = tuple(self.cfg["data"]["crop"]) if ev["sliding"] else None
+        for batch in self.data.val_loader():
+            image, label = self._to_device(batch)
+            with self._autocast():
+                if tta or crop:
+                    logits = predict_logits(self.forward, image, scales=tuple(ev["scales"]) if tta else (1.0,),
+                                            flip=tta and ev["flip"], crop=crop,
+                                            num_classes=self.data.num_classes)
+                else:
+                    logits = self.forward(image)["out"]
+            pred = logits.argmax(1)
+            cm.update(pred, label)
+            for i in range(min(keep - len(samples), image.shape[0])):
+                samples.append((_denormalize(batch["image"][i]), pred[i].cpu().numpy(), label[i].cpu().numpy()))
+        res = cm.compute()
+        names = self.data.class_names
+        per_class = {n: float(v) * 100 for n, v in zip(names, res["per_class_iou"])}
+        metrics = {"val_miou": float(res["miou"]) * 100, "val_pixel_acc": float(res["pixel_acc"]) * 100}
+        return ValidationResult(metrics, per_class, samples)
+
+    def fit(self, on_validation: Callable[["Trainer", dict, ValidationResult], None] | None = None
+            ) -> dict[str, float]:
+        """Train until the epoch budget; after each validation call `on_validation(self, metrics, val)`."""
+        metrics: dict[str, float] = {}
+        budget = self.cfg["budget"]
+        while self.epoch < budget["epochs"]:
+            metrics = {"epoch": self.epoch + 1, **self.train_epoch()}
+            if self.epoch % budget["val_every"] == 0 or self.epoch == budget["epochs"]:
+                val = self.validate()
+                metrics.update(val.metrics)
+                if on_validation:
+                    on_validation(self, metrics, val)
+        return metrics
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "step": self.step,
+                "rng": {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(("MT19937", rng["numpy"]["keys"].numpy().astype(np.uint32),
+                             int(rng["numpy"]["pos"]), 0, 0.0))
+        random.setstate((3, tuple(int(x) for x in rng["python"]), None))
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(self.state_dict(), path)
+
+    def load(self, path: str | Path) -> None:
+        self.load_state_dict(load_checkpoint(path, self.device))
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write atomically: a killed process leaves the previous checkpoint intact, never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def load_model_weights(model: nn.Module, path: str | Path) -> None:
+    """Weights from a training checkpoint (dict with 'model') or a bare state_dict."""
+    state = load_checkpoint(path)
+    model.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+
+
+# RNG states as tensors/lists so checkpoints stay loadable with weights_only=True.
+def _np_state() -> dict:
+    _, keys, pos, _, _ = np.random.get_state()
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)}
+
+
+def _py_state() -> list[int]:
+    return list(random.getstate()[1])
+
+
+_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def _denormalize(image: torch.Tensor) -> np.ndarray:
+    """Normalised CHW float tensor -> HWC uint8 RGB (for overlays)."""
+    arr = image.float().cpu().numpy().transpose(1, 2, 0) * _STD + _MEAN
+    return np.clip(arr * 255, 0, 255).astype(np.uint8)

@@ -1,0 +1,84 @@
+"""`python -m hpo.evaluate CONFIG.yaml --checkpoint CKPT [--tta] [--export-dir DIR]`
+
+Evaluates a checkpoint on the config's val split: mIoU and per-class IoU, single-scale or with
+multi-scale + flip TTA (`eval.scales`), sliding window when `eval.sliding` is on. With
+`--export-dir` it writes predictions in the official Cityscapes evaluator's format (label-id
+PNGs named after the ground truth) under `DIR/labelIds/` and colour overlays under `DIR/overlays/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m hpo.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("config")
+    p.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt) or a model state_dict")
+    p.add_argument("--tta", action="store_true", help="multi-scale + flip test-time augmentation")
+    p.add_argument("--export-dir", help="write official-format label-id PNGs and overlays here")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | None = None) -> dict:
+    import datasets
+    from datasets.export import export_cityscapes, overlay
+    from datasets.inference import predict_logits
+    from datasets.metrics import ConfusionMatrix
+    from hpo.engine import _denormalize, load_model_weights, resolve_device
+    from models import build_model
+
+    device = resolve_device(cfg)
+    data = datasets.build(cfg)
+    model = build_model(cfg).to(device).eval()
+    load_model_weights(model, checkpoint)
+    ev = cfg["eval"]
+    scales = tuple(ev["scales"]) if tta else (1.0,)
+    crop = tuple(cfg["data"]["crop"]) if ev["sliding"] else None
+    cm = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index, device=device)
+    out = Path(export_dir) if export_dir else None
+    for batch in data.val_loader():
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        logits = predict_logits(model, image, scales=scales, flip=tta and ev["flip"], crop=crop,
+                                num_classes=data.num_classes)
+        pred = logits.argmax(1)
+        cm.update(pred, label)
+        if out is not None:
+            for i, name in enumerate(batch["name"]):
+                p = pred[i].cpu().numpy().astype(np.uint8)
+                export_cityscapes(p, name, out / "labelIds")
+                pic = overlay(_denormalize(batch["image"][i]), p, data.palette)
+                (out / "overlays").mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(out / "overlays" / (Path(name).stem + ".png")), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
+    res = cm.compute()
+    return {"miou": float(res["miou"]) * 100, "pixel_acc": float(res["pixel_acc"]) * 100,
+            "per_class_iou": {n: float(v) * 100 for n, v in zip(data.class_names, res["per_class_iou"])}}
+
+
+def main(argv=None) -> int:
+    from hpo.config import load_run_config
+
+    args = parse_args(argv)
+    try:
+        cfg = load_run_config(args.config)
+        res = evaluate(cfg, args.checkpoint, tta=args.tta, export_dir=args.export_dir)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"mIoU {res['miou']:.2f}  pixel acc {res['pixel_acc']:.2f}{'  (TTA)' if args.tta else ''}")
+    for name, iou in res["per_class_iou"].items():
+        print(f"  {name:<16} {iou:6.2f}")
+    if args.export_dir:
+        print(f"predictions written to {args.export_dir}/labelIds and {args.export_dir}/overlays")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""OptunaSearch that tells Optuna the truth about ASHA-stopped and diverged trials.
+
+Out of the box, Ray's `OptunaSearch` tells Optuna that a trial ASHA stopped early was COMPLETE
+with its early score, so TPE mixes 1-epoch and full-budget scores as if they were comparable.
+Here a trial that ends (without error) before the full budget `max_t` is told as PRUNED: Optuna
+keeps its intermediate values (one per validation, reported as they arrive) and records its last
+one as the value, which is how Optuna's own pruners leave trials. A trial whose loss diverged is
+told as FAIL. `feedback="complete"` restores Ray's behaviour (kept for the efficiency benchmark).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+
+def trial_status(last_result: dict | None, errored: bool, max_t: int) -> str:
+    """The honest status shared by MLflow tags, the leaderboard and the searcher."""
+    if errored or not last_result or last_result.get("diverged"):
+        return "failed"
+    if last_result.get("training_iteration", 0) < max_t:
+        return "early_stopped"
+    return "completed"
+
+
+class HonestOptunaSearch(OptunaSearch):
+    def __init__(self, *args, max_t: int, feedback: str = "pruned", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_t = max_t
+        self._feedback = feedback
+
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return params
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if result.get("diverged"):
+            return      # the reported metric is a placeholder, not a score
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        status = trial_status(result, error, self._max_t)
+        if result and status != "failed" and self.metric in result:
+            # Tune hands a trial's last result to on_trial_complete, not on_trial_result: record it
+            # as an intermediate value too, so a trial stopped at its first rung still has one.
+            try:
+                self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
+            except Exception as exc:  # noqa: BLE001 - already reported at this step
+                logger.debug("report skipped: %s", exc)
+        if status == "completed" or (status == "early_stopped" and self._feedback == "complete"):
+            return super().on_trial_complete(trial_id, result, error)
+        state = TrialState.PRUNED if status == "early_stopped" else TrialState.FAIL
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=state)
+        except Exception as exc:   # noqa: BLE001 - a bookkeeping hiccup must not stop the search
+            logger.warning("optuna tell failed for %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)

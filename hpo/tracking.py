@@ -1,0 +1,209 @@
+"""MLflow logging for a search, done from the Ray driver only.
+
+Trials never talk to MLflow: a Tune callback in the driver turns trial events into MLflow calls.
+That sidesteps both traps found on this stack — several trial processes creating the same SQLite
+store race ("table already exists"), and `setup_mlflow` without an explicit URI writes to a
+throwaway per-trial database — and works the same against a tracking server.
+
+Layout: one experiment per search name (tagged so the MLflow UI opens its runs table, not the
+GenAI view), one parent run per search, one nested run per trial (params = flattened resolved
+config, metrics per validation, final per-class IoU, status tag, config.yaml, overlay PNGs).
+
+Logging must never fail a trial or the search: every MLflow call goes through an ordered queue;
+when the tracking store is unreachable the calls wait there (and are retried on the next event and
+at the end of the search) instead of raising. Order is kept, so a run is created before its
+metrics are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from hpo.config import apply_overrides, dump_yaml, flatten
+from hpo.searcher import trial_status
+
+logger = logging.getLogger(__name__)
+
+PER_EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds")
+EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """Explicit URI, else MLflow's own default (sqlite mlflow.db in the working directory), made
+    absolute so Ray workers, resumed searches and the printed `mlflow ui` hint all agree."""
+    uri = uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags=EXPERIMENT_KIND_TAG)
+    if exp.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND_TAG["mlflow.experimentKind"]:
+        client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND_TAG.items())))
+    return exp.experiment_id
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for chunk in _chunks(items, 100):          # MLflow's per-batch limit
+        client.log_batch(run_id, params=chunk)
+
+
+class MLflowSearchLogger(Callback):
+    """Ray Tune callback: one nested MLflow run per trial under the search's parent run."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base: dict, max_t: int,
+                 metric: str = "val_miou", class_names: list[str] | None = None):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.base = base
+        self.max_t = max_t
+        self.metric = metric
+        self.run_ids: dict[str, str] = {}       # ray trial id -> mlflow run id
+        self.logged_step: dict[str, int] = {}   # ray trial id -> last step written
+        self._queue: deque[Callable[[], None]] = deque()
+        self._client: MlflowClient | None = None
+        self.delayed_ops = 0                    # calls that had to wait for the store (outages)
+
+    # Tune pickles callbacks with the experiment; the client is rebuilt on the other side.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_client"], state["_queue"] = None, deque()
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    # --- the ordered, retrying queue -------------------------------------------------------
+    def _submit(self, op: Callable[[], None]) -> None:
+        self._queue.append(op)
+        self.flush()
+
+    def flush(self, deadline_s: float = 0.0) -> bool:
+        """Run queued calls in order; on failure keep them (retry later). True when drained."""
+        end = time.monotonic() + deadline_s
+        while self._queue:
+            try:
+                self._queue[0]()
+                self._queue.popleft()
+            except Exception as exc:  # noqa: BLE001 - tracking trouble must never stop the search
+                self.delayed_ops += 1
+                if time.monotonic() >= end:
+                    logger.warning("MLflow unreachable (%s); %d call(s) queued for retry",
+                                   type(exc).__name__, len(self._queue))
+                    return False
+                time.sleep(1.0)
+        return True
+
+    # --- resume: find the runs a previous driver created ------------------------------------
+    def setup(self, **info):
+        def recover():
+            runs = self.client.search_runs([self.experiment_id],
+                                           f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+                                           max_results=10000)
+            for run in runs:
+                tid = run.data.tags.get("ray_trial_id")
+                if tid:
+                    self.run_ids[tid] = run.info.run_id
+                    hist = self.client.get_metric_history(run.info.run_id, self.metric)
+                    self.logged_step[tid] = max((m.step for m in hist), default=0)
+        self._submit(recover)
+
+    # --- trial events -----------------------------------------------------------------------
+    def _ensure_run(self, trial) -> None:
+        tid = trial.trial_id
+        if tid in self.run_ids:
+            return
+        params = dict(trial.config)
+        cfg = apply_overrides(self.base, params)
+
+        def create():
+            if tid in self.run_ids:
+                return
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"trial-{tid}",
+                tags={"mlflow.parentRunId": self.parent_run_id, "ray_trial_id": tid, "status": "running",
+                      "knobs": ", ".join(f"{k}={v}" for k, v in params.items())})
+            rid = run.info.run_id
+            log_params(self.client, rid, flatten(cfg))
+            self.client.log_text(rid, dump_yaml(cfg), "config.yaml")
+            self.run_ids[tid] = rid
+        self._submit(create)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._ensure_run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._ensure_run(trial)
+        tid, step = trial.trial_id, int(result.get("training_iteration", 0))
+        if step <= self.logged_step.get(tid, 0) or result.get("diverged"):
+            return
+        self.logged_step[tid] = step
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(result[k]), ts, step) for k in PER_EPOCH_METRICS if k in result]
+        self._submit(lambda: self.client.log_batch(self.run_ids[tid], metrics=metrics))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, errored=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, errored=True)
+
+    def _finish(self, trial, errored: bool) -> None:
+        self._ensure_run(trial)
+        tid = trial.trial_id
+        result = trial.last_result or {}
+        status = trial_status(result, errored, self.max_t)
+        ts = int(time.time() * 1000)
+        final = [Metric(k.replace("iou/", "iou_"), float(v), ts, int(result.get("training_iteration", 0)))
+                 for k, v in result.items() if k.startswith("iou/")]
+        tags = [RunTag("status", status), RunTag("epochs_run", str(result.get("training_iteration", 0)))]
+        if status == "failed":
+            reason = result.get("error") or _error_text(trial)
+            tags.append(RunTag("error", reason[:5000]))
+        ckpt_dir = trial.checkpoint.path if trial.checkpoint is not None else None
+
+        def finish():
+            rid = self.run_ids[tid]
+            self.client.log_batch(rid, metrics=final, tags=tags)
+            overlays = Path(ckpt_dir, "overlays") if ckpt_dir else None
+            if overlays and overlays.is_dir():
+                self.client.log_artifacts(rid, str(overlays), "overlays")
+            self.client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
+        self._submit(finish)
+
+    def on_experiment_end(self, trials, **info):
+        self.flush(deadline_s=120.0)
+
+
+def _error_text(trial) -> str:
+    try:
+        err = trial.get_error()
+        text = str(err) if err else ""
+    except Exception:  # noqa: BLE001
+        text = ""
+    if not text and trial.error_file and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text()
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "trial errored"

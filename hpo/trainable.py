@@ -1,0 +1,55 @@
+"""The Ray Tune function trainable: one trial = one resolved run config trained by the engine.
+
+The sampled knobs arrive as dotted keys (`model.selection.n3`) and are applied to the base
+config; after each validation the trial reports its metrics with a checkpoint (engine state +
+a few prediction-overlay PNGs, which the driver logs to MLflow). A restarted trial continues
+from its last checkpoint. A diverged loss ends the trial at once with a `diverged` result, not
+an exception: retrying a deterministic NaN would only burn the budget again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import cv2
+from ray import tune
+
+from hpo.config import apply_overrides
+from hpo.engine import DivergenceError, Trainer
+
+STATE_FILE = "state.pt"
+
+
+def write_overlays(trainer: Trainer, samples, out_dir: Path) -> None:
+    from datasets.export import overlay
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, (image, pred, _gt) in enumerate(samples):
+        picture = overlay(image, pred, trainer.data.palette)
+        cv2.imwrite(str(out_dir / f"val_{i}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+
+
+def run_trial(params: dict, base: dict) -> None:
+    cfg = apply_overrides(base, params)
+    trainer = Trainer(cfg, log=lambda *_: None)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            trainer.load(Path(ckpt_dir) / STATE_FILE)
+    metric_so_far = {"val_miou": 0.0}
+
+    def on_validation(trainer: Trainer, metrics: dict, val) -> None:
+        report = {k: v for k, v in metrics.items()}
+        report.update({f"iou/{name}": v for name, v in val.per_class_iou.items()})
+        metric_so_far["val_miou"] = metrics["val_miou"]
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer.save(Path(tmp) / STATE_FILE)
+            write_overlays(trainer, val.samples, Path(tmp) / "overlays")
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    try:
+        trainer.fit(on_validation)
+    except DivergenceError as err:
+        # Placeholder metric keeps schedulers' strict metric checks happy; `diverged` marks it.
+        tune.report({**metric_so_far, "diverged": True, "error": str(err)})

@@ -1,0 +1,49 @@
+"""Shared fixtures: a real local Ray (2 CPUs) and a tiny generated synthetic dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+TOY_CONFIG = REPO / "search_spaces" / "configs" / "msglore_toy.yaml"
+TINY_DATA = {"train": 24, "val": 6, "size": [64, 128], "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small synthetic Cityscapes-layout tree shared by the session's tests."""
+    from datasets.synthetic import ensure
+
+    root = tmp_path_factory.mktemp("data") / "synthetic"
+    ensure(str(root), **TINY_DATA)
+    return root
+
+
+def tiny_run_config(data_root: Path, **overrides) -> dict:
+    """The toy msglore config shrunk to seconds per epoch on 64x128 synthetic images."""
+    from hpo.config import load_yaml, set_key
+
+    cfg = load_yaml(TOY_CONFIG)
+    cfg["data"].update({"root": str(data_root), "generate": None, "crop": [64, 64], "batch_size": 4,
+                        "val_batch_size": 6})
+    cfg["budget"] = {"epochs": 3, "iters_per_epoch": 3, "val_every": 1}
+    cfg["eval"] = {"tta": False, "overlays": 2}
+    for key, value in overrides.items():
+        set_key(cfg, key, value)
+    return cfg

@@ -1,0 +1,105 @@
+"""End-to-end searches on a real local Ray, real Optuna (journal storage) and a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import tiny_run_config
+from hpo import search
+
+pytestmark = pytest.mark.slow
+NUM_SAMPLES = 6
+EPOCHS = 3
+
+
+def write_space(tmp_path: Path, data_root: Path, name: str, **search_over) -> Path:
+    space = {
+        "experiment": {"name": name, "storage_path": str(tmp_path / "ray_results"),
+                       "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        "base": tiny_run_config(data_root),
+        "space": {
+            "model.selection.n3": {"type": "int", "low": 2, "high": 16},
+            "model.selection.n5": {"type": "int", "low": 4, "high": 64},
+            "loss.aux_weights.selection": {"type": "float", "low": 0.1, "high": 1.5},
+            "optim.lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+        },
+        "search": {"sampler": "tpe", "seed": 1, "num_samples": NUM_SAMPLES, "max_concurrent": 2,
+                   "points_to_evaluate": [{"model.selection.n3": 11, "model.selection.n5": 32,
+                                           "loss.aux_weights.selection": 0.7, "optim.lr": 0.02}],
+                   **search_over},
+        "scheduler": {"name": "asha", "max_t": EPOCHS, "grace_period": 1, "reduction_factor": 3},
+        "resources": {"cpu": 1, "gpu": 0},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def child_runs(tmp_path: Path, name: str):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(name)
+    parents = client.search_runs([exp.experiment_id], f"tags.`ctxtune.search` = '{name}'")
+    assert len(parents) == 1
+    parent = parents[0]
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  max_results=1000)
+    return client, exp, parent, children
+
+
+def test_demo_search_end_to_end(ray_local, tiny_data, tmp_path, capsys):
+    space = write_space(tmp_path, tiny_data, "e2e")
+    assert search.main([str(space), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "leaderboard" in out
+
+    client, exp, parent, children = child_runs(tmp_path, "e2e")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"   # runs table, not GenAI view
+    # one nested run per trial, each with params, metric histories, config and status
+    assert len(children) == NUM_SAMPLES
+    assert len({r.data.tags["ray_trial_id"] for r in children}) == NUM_SAMPLES
+    statuses = [r.data.tags["status"] for r in children]
+    assert set(statuses) <= {"completed", "early_stopped", "failed"}
+    assert statuses.count("early_stopped") >= 1, statuses
+    assert statuses.count("completed") >= 1, statuses
+    for run in children:
+        assert "model.selection.n3" in run.data.params and "optim.lr" in run.data.params
+        hist = client.get_metric_history(run.info.run_id, "val_miou")
+        steps = [m.step for m in hist]
+        assert steps == list(range(1, int(run.data.tags["epochs_run"]) + 1))   # no gap, no duplicate
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == len(steps)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "config.yaml" in artifacts and "overlays" in artifacts
+        if run.data.tags["status"] == "completed":
+            assert int(run.data.tags["epochs_run"]) == EPOCHS
+            assert any(k.startswith("iou_") for k in run.data.metrics)
+        else:
+            assert int(run.data.tags["epochs_run"]) < EPOCHS
+    # parent holds the space, base config, leaderboard and best config
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"space.yaml", "base_config.yaml", "leaderboard.csv", "best_config.yaml"} <= parent_artifacts
+
+    # Optuna: the study persisted beside the Ray results; early-stopped trials are PRUNED
+    exp_dir = tmp_path / "ray_results" / "e2e"
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna_journal.log")))
+    study = optuna.load_study(study_name="e2e", storage=storage)
+    states = [t.state for t in study.trials]
+    assert len(states) == NUM_SAMPLES
+    assert states.count(optuna.trial.TrialState.PRUNED) == statuses.count("early_stopped")
+    assert states.count(optuna.trial.TrialState.COMPLETE) == statuses.count("completed")
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert all(t.intermediate_values for t in pruned)
+    # the paper's point was evaluated first
+    assert study.trials[0].params["model.selection.n3"] == 11
+    # the configured sampler proposed them (the searcher Ray checkpointed holds a TPE sampler)
+    state_files = sorted(exp_dir.glob("searcher-state-*.pkl"))
+    assert state_files
+    with open(state_files[-1], "rb") as f:
+        saved = pickle.load(f)
+    assert isinstance(saved["_ot_study"].sampler, optuna.samplers.TPESampler)
