@@ -1,0 +1,11 @@
+"""ctxtune datasets: Cityscapes, Pascal-Context 59, synthetic street scenes, transforms, metrics,
+inference (TTA / sliding window) and official-format export. Plain PyTorch + OpenCV + NumPy.
+
+Note: this package shadows Hugging Face's `datasets`; nothing here depends on that one.
+"""
+
+from .build import build
+from .bundle import DataBundle
+from .errors import DatasetError
+
+__all__ = ["build", "DataBundle", "DatasetError"]
