@@ -1,0 +1,129 @@
+"""predict_logits (single scale, TTA, sliding window) and the official-format export."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from datasets import DatasetError
+from datasets.cityscapes_labels import ID_TO_TRAIN_ID, PALETTE, TRAIN_ID_TO_ID
+from datasets.export import colorize, export_cityscapes, overlay
+from datasets.inference import predict_logits
+
+C = 5
+
+
+class PointModel(nn.Module):
+    """A 1x1 conv: translation- and flip-equivariant; returns the model output contract."""
+
+    def __init__(self, channels=C):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, channels, 1)
+
+    def forward(self, x):
+        return {"out": self.conv(x), "aux": {}}
+
+
+class ContextModel(PointModel):
+    """A 5x5 conv: sees its neighbourhood, so flipping and tiling change its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, C, 5, padding=2)
+
+
+@pytest.fixture
+def image():
+    return torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(1))
+
+
+def test_single_scale_is_softmax_of_the_model(image):
+    m = PointModel()
+    p = predict_logits(m, image, num_classes=C)
+    assert p.shape == (2, C, 40, 56)
+    torch.testing.assert_close(p, m(image)["out"].softmax(1))
+
+
+def test_tta_shape_and_probabilities(image):
+    p = predict_logits(ContextModel(), image, scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True, num_classes=C)
+    assert p.shape == (2, C, 40, 56)
+    torch.testing.assert_close(p.sum(1), torch.ones(2, 40, 56))
+    up = predict_logits(PointModel(), image, scales=(1.0,), num_classes=C, out_size=(80, 112))
+    assert up.shape == (2, C, 80, 112)
+
+
+def test_flip_equivariant_model_gives_identical_results_with_flip(image):
+    m = PointModel()
+    for scales in ((1.0,), (0.5, 1.0, 1.5)):
+        a = predict_logits(m, image, scales=scales, flip=False, num_classes=C)
+        b = predict_logits(m, image, scales=scales, flip=True, num_classes=C)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    c = ContextModel()   # the test can fail: a model with spatial context is not flip-equivariant
+    assert not torch.allclose(predict_logits(c, image, num_classes=C),
+                              predict_logits(c, image, flip=True, num_classes=C), atol=1e-4)
+
+
+def test_sliding_window_equals_whole_image_for_translation_equivariant_model(image):
+    m = PointModel()
+    whole = predict_logits(m, image, num_classes=C)
+    for crop, stride in (((24, 32), (16, 20)), ((24, 32), None), ((64, 20), (7, 9)), ((16, 16), (16, 16))):
+        tiled = predict_logits(m, image, crop=crop, stride=stride, num_classes=C)
+        torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
+    c = ContextModel()   # tile borders change a context model's output, so tiling is really happening
+    assert not torch.allclose(predict_logits(c, image, crop=(24, 32), num_classes=C),
+                              predict_logits(c, image, num_classes=C), atol=1e-4)
+    ms = predict_logits(m, image, scales=(0.75, 1.5), flip=True, crop=(24, 32), num_classes=C)
+    torch.testing.assert_close(ms, predict_logits(m, image, scales=(0.75, 1.5), num_classes=C), rtol=0, atol=1e-5)
+
+
+def test_inference_rejects_wrong_class_count(image):
+    with pytest.raises(DatasetError, match="model.num_classes"):
+        predict_logits(PointModel(channels=3), image, num_classes=C)
+
+
+# --- export ---------------------------------------------------------------------------------------
+def test_export_roundtrip_gives_the_same_label_ids(tmp_path):
+    rng = np.random.default_rng(0)
+    pred = rng.integers(0, 19, (32, 64))
+    pred[0, :5] = 255
+    gt = tmp_path / "gtFine" / "val" / "frankfurt" / "frankfurt_000000_000294_gtFine_labelIds.png"
+    gt.parent.mkdir(parents=True)
+    cv2.imwrite(str(gt), np.zeros((32, 64), np.uint8))
+    path = export_cityscapes(torch.from_numpy(pred), str(gt), str(tmp_path / "results"))
+    assert path.endswith("results/frankfurt_000000_000294_leftImg8bit.png")
+    back = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    assert back.ndim == 2 and back.dtype == np.uint8 and back.shape == (32, 64)
+    assert np.array_equal(back, TRAIN_ID_TO_ID[pred.astype(np.uint8)])
+    assert back[0, 0] == 0 and back[1, 1] in {7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33}
+    valid = pred != 255
+    assert np.array_equal(ID_TO_TRAIN_ID[back][valid], pred[valid])     # label id -> train id inverts it
+    named = export_cityscapes(pred, "synthcity_500001_000019", str(tmp_path / "r2"))
+    assert named.endswith("synthcity_500001_000019_leftImg8bit.png")
+
+
+def test_export_bad_inputs(tmp_path):
+    gt = tmp_path / "aachen_000001_000019_gtFine_labelIds.png"
+    cv2.imwrite(str(gt), np.zeros((32, 64), np.uint8))
+    with pytest.raises(DatasetError, match="export at full resolution"):
+        export_cityscapes(np.zeros((16, 32), np.int64), str(gt), str(tmp_path))
+    with pytest.raises(DatasetError, match="not a Cityscapes name"):
+        export_cityscapes(np.zeros((4, 4), np.int64), "2008_000002", str(tmp_path))
+    with pytest.raises(DatasetError, match=r"values \[19\]"):
+        export_cityscapes(np.full((4, 4), 19), "aachen_000001_000019", str(tmp_path))
+
+
+def test_colorize_and_overlay():
+    ids = np.array([[0, 10, 255], [18, 2, 255]])
+    col = colorize(ids, PALETTE)
+    assert col.shape == (2, 3, 3) and col.dtype == np.uint8
+    assert tuple(col[0, 0]) == (128, 64, 128) and tuple(col[0, 2]) == (0, 0, 0)
+    img = np.full((2, 3, 3), 200, np.uint8)
+    assert np.array_equal(overlay(img, ids, PALETTE, alpha=0.0), img)
+    full = overlay(img, ids, PALETTE, alpha=1.0)
+    assert np.array_equal(full[:, :2], col[:, :2]) and np.array_equal(full[:, 2], img[:, 2])
+    with pytest.raises(DatasetError, match="does not match"):
+        overlay(img, ids[:, :2], PALETTE)
