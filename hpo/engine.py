@@ -175,6 +175,9 @@ class Trainer:
                                             num_classes=self.data.num_classes)
                 else:
                     logits = self.forward(image)["out"]
+            if logits.shape[-2:] != label.shape[-2:]:     # data.val_full_res_labels: score at label size
+                logits = torch.nn.functional.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear",
+                                                         align_corners=False)
             pred = logits.argmax(1)
             cm.update(pred, label)
             for i in range(min(keep - len(samples), image.shape[0])):
