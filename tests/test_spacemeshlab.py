@@ -10,7 +10,16 @@ import torch
 from models import ConfigError, build_model, model_names, preset, seg_loss
 from models.spam import ChannelContextAttention, SpatialContextAttention, shuffle_steps
 
-torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # many small ops: on a shared 2-core box, 2 intra-op threads spin on each other's barriers
+    # (measured 10-50x slower under load); restore the setting for whatever runs next
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def toy(**model) -> dict:
