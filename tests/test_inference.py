@@ -36,6 +36,15 @@ class ContextModel(PointModel):
         self.conv = nn.Conv2d(3, C, 5, padding=2)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # tiny tensors: intra-op threads only add contention on a shared 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def image():
     return torch.randn(2, 3, 40, 56, generator=torch.Generator().manual_seed(1))
