@@ -47,7 +47,7 @@ def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | No
     for batch in data.val_loader():
         image, label = batch["image"].to(device), batch["label"].to(device)
         logits = predict_logits(model, image, scales=scales, flip=tta and ev["flip"], crop=crop,
-                                num_classes=data.num_classes)
+                                num_classes=data.num_classes, out_size=tuple(label.shape[-2:]))
         pred = logits.argmax(1)
         cm.update(pred, label)
         if out is not None:
