@@ -49,6 +49,7 @@ class ValidationResult:
     metrics: dict[str, float]
     per_class_iou: dict[str, float]
     samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # image, pred, gt
+    confusion: np.ndarray | None = None    # (num_classes, num_classes) int64, rows = ground truth
 
 
 def seed_everything(seed: int) -> None:
@@ -186,7 +187,7 @@ class Trainer:
         names = self.data.class_names
         per_class = {n: float(v) * 100 for n, v in zip(names, res["per_class_iou"])}
         metrics = {"val_miou": float(res["miou"]) * 100, "val_pixel_acc": float(res["pixel_acc"]) * 100}
-        return ValidationResult(metrics, per_class, samples)
+        return ValidationResult(metrics, per_class, samples, cm.mat.cpu().numpy())
 
     def fit(self, on_validation: Callable[["Trainer", dict, ValidationResult], None] | None = None
             ) -> dict[str, float]:

@@ -1,22 +1,56 @@
-"""`python -m hpo.train CONFIG.yaml` — one training run with the shared engine.
+"""`python -m hpo.train CONFIG.yaml` — one full training run with the shared engine, tracked in MLflow.
 
     python -m hpo.train search_spaces/configs/msglore_toy.yaml --out runs/msglore_toy
-    python -m hpo.train CONFIG.yaml --out runs/x --resume      # continue from runs/x/last.pt
+    python -m hpo.train CONFIG.yaml --out runs/x --resume        # continue from runs/x/last.pt
+    python -m hpo.train CONFIG.yaml --register my-model          # + a version in the Model Registry
 
-Writes `last.pt` (model + optimizer + scheduler + step, atomically) every
-`runtime.checkpoint_every` epochs, `metrics.json` (per-epoch history and final per-class IoU),
-`config.yaml` (the resolved config) and prediction overlays of the final validation.
+Output directory (`--out`, default `runs/<config name>`):
+    last.pt          engine state (model, optimizer, scheduler, RNG), written atomically
+    metrics.json     per-validation history; at the end also the final evaluation
+    config.yaml      the resolved run config (what `hpo.train` re-runs exactly)
+    model/           weights.pt (a bare state_dict) + config.yaml: what the registry points at
+    confusion.png    row-normalised confusion matrix of the final evaluation
+    overlays/        prediction overlays of the final evaluation
+    mlflow_run.json  the MLflow run id, so `--resume` continues the same run
+    done.json        written last: the run finished (promotion skips such runs)
+
+Choices:
+- Checkpoints are taken after a validation whose epoch is a multiple of
+  `runtime.checkpoint_every` (and after the last epoch): the engine hands control back only at
+  validations. The engine replays epoch e's shuffle from `seed*1000 + e` and the checkpoint holds
+  the RNG state, so a resumed run matches an uninterrupted one.
+- The per-epoch `val_miou` curve is always single-scale; `eval.tta` (multi-scale + flip) applies
+  to the final evaluation only, logged as `final_val_miou`. TTA at every epoch would multiply the
+  validation cost by 2 x len(eval.scales). Without TTA the final evaluation is the last epoch's.
+- MLflow is optional at run time: any tracking failure (store unreachable, MLflow not installed
+  on a bare GPU box) prints one warning and the training goes on. Without `--tracking-uri` the
+  store is MLflow's default (sqlite `mlflow.db` in the working directory; artifacts in
+  `./mlruns`); `--resume` reuses the URI stored in `mlflow_run.json` unless given another.
+- Registering logs no MLflow model flavour: the version's source is the run's `model/` artifact
+  folder (weights + config), which works offline with any store.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-from hpo.config import ConfigError, dump_yaml, load_run_config
+from hpo.config import ConfigError, dump_yaml, flatten, load_run_config, normalize
+
+CHECKPOINT = "last.pt"
+METRICS = "metrics.json"
+DONE = "done.json"
+RUN_FILE = "mlflow_run.json"
+MODEL_DIR = "model"
+DEFAULT_EXPERIMENT = "ctxtune-train"
+EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds")
+EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")   # MLflow UI: runs table
 
 
 def parse_args(argv=None):
@@ -24,68 +58,371 @@ def parse_args(argv=None):
     p.add_argument("config", help="run config YAML")
     p.add_argument("--out", help="output directory (default: runs/<config name>)")
     p.add_argument("--seed", type=int, help="override the config's seed")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt and its MLflow run")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's, sqlite mlflow.db here)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
+    p.add_argument("--register", metavar="NAME", help="register the final weights as a version of model NAME")
     return p.parse_args(argv)
 
 
-def train(cfg: dict, out: Path, resume: bool = False, log=print) -> dict:
-    from hpo.engine import Trainer
-    from hpo.search import ensure_data
-    from hpo.trainable import write_overlays
+# --- files ----------------------------------------------------------------------------------
+def write_atomic(path: Path, text: str) -> None:
+    """Readers (a promotion driver polling metrics.json, a rerun checking done.json) never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
+
+def read_done(out: Path) -> dict | None:
+    path = Path(out) / DONE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_history(out: Path) -> list[dict]:
+    path = Path(out) / METRICS
+    try:
+        return json.loads(path.read_text()).get("history", [])
+    except (OSError, ValueError):
+        return []
+
+
+def ensure_data(cfg: dict) -> None:
+    """The synthetic set is generated on first use (race-safe, several trainings may start at once)."""
+    data = cfg["data"]
+    if data["name"] == "synthetic" and data.get("generate"):
+        from datasets.synthetic import ensure
+
+        ensure(data["root"], **data["generate"])
+
+
+def write_overlays(trainer, samples, out_dir: Path) -> None:
+    import cv2
+
+    from datasets.export import overlay
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, (image, pred, _gt) in enumerate(samples):
+        picture = overlay(image, pred, trainer.data.palette)
+        cv2.imwrite(str(out_dir / f"val_{i}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+
+
+def plot_confusion(matrix, class_names: list[str], path: Path, title: str) -> None:
+    """Rows = ground truth normalised to 1 (per-class recall on the diagonal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = m.sum(1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    n = len(class_names)
+    size = max(5.0, 0.38 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the training run -----------------------------------------------------------------------
+def train(cfg: dict, out: Path, resume: bool = False, log: Callable[[str], None] = print,
+          on_validation: Callable[[dict], None] | None = None) -> dict:
+    """Train `cfg` into `out`; returns the summary also written to metrics.json and done.json.
+
+    `on_validation(metrics)` is called after each validation, once the checkpoint of that epoch
+    (if any) is on disk. No MLflow here: promotion runs this inside Ray workers.
+    """
+    import torch
+
+    from hpo.engine import Trainer
+
+    cfg = normalize(cfg)
+    out = Path(out)
+    ckpt = out / CHECKPOINT
+    if resume and not ckpt.is_file():
+        raise ConfigError(f"--resume: no checkpoint at {ckpt}")
     ensure_data(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, log=log)
-    ckpt = out / "last.pt"
+    (out / DONE).unlink(missing_ok=True)          # not done until this run says so
+    curve_cfg = copy.deepcopy(cfg)
+    curve_cfg["eval"]["tta"] = False              # per-epoch curves single-scale (see module doc)
+    trainer = Trainer(curve_cfg, log=log)
     history: list[dict] = []
     if resume:
-        if not ckpt.is_file():
-            raise ConfigError(f"--resume: no checkpoint at {ckpt}")
         trainer.load(ckpt)
-        if (out / "metrics.json").is_file():
-            history = json.loads((out / "metrics.json").read_text())["history"][:trainer.epoch]
+        history = [h for h in read_history(out) if h["epoch"] <= trainer.epoch]
         log(f"resumed from {ckpt} at epoch {trainer.epoch}")
-    (out / "config.yaml").write_text(dump_yaml(trainer.cfg))
-    every = trainer.cfg["runtime"]["checkpoint_every"]
-    last_val = {}
+    write_atomic(out / "config.yaml", dump_yaml(cfg))
+    every, epochs = cfg["runtime"]["checkpoint_every"], cfg["budget"]["epochs"]
+    last: dict[str, Any] = {}
 
-    def on_validation(trainer, metrics, val):
-        history.append(metrics)
-        last_val["per_class_iou"] = val.per_class_iou
-        last_val["samples"] = val.samples
-        log(f"epoch {metrics['epoch']}/{trainer.cfg['budget']['epochs']}  loss {metrics['train_loss']:.4f}  "
-            f"val mIoU {metrics['val_miou']:.2f}  pixel acc {metrics['val_pixel_acc']:.2f}  "
-            f"({metrics['epoch_seconds']:.1f} s)")
-        if trainer.epoch % every == 0 or trainer.epoch == trainer.cfg["budget"]["epochs"]:
+    def after_validation(trainer, metrics, val):
+        history.append(dict(metrics))
+        last.update(val=val, epoch=trainer.epoch)
+        write_atomic(out / METRICS, json.dumps({"history": history}, indent=1))
+        saved = trainer.epoch % every == 0 or trainer.epoch == epochs
+        if saved:
             trainer.save(ckpt)
-            (out / "metrics.json").write_text(json.dumps({"history": history}, indent=1))
+        log(f"epoch {metrics['epoch']}/{epochs}  loss {metrics['train_loss']:.4f}  "
+            f"val mIoU {metrics['val_miou']:.2f}  pixel acc {metrics['val_pixel_acc']:.2f}  "
+            f"({metrics['epoch_seconds']:.1f} s){'  checkpoint saved' if saved else ''}")
+        if on_validation:
+            on_validation(dict(metrics))
 
     start = time.perf_counter()
-    final = trainer.fit(on_validation)
-    summary = {"history": history, "final": final, "per_class_iou": last_val.get("per_class_iou", {}),
+    trainer.fit(after_validation)
+    if trainer.epoch > 0 and not ckpt.is_file():
+        trainer.save(ckpt)
+    tta = cfg["eval"]["tta"]
+    if tta or last.get("epoch") != trainer.epoch:
+        val = trainer.validate(tta=tta, keep=cfg["eval"]["overlays"])
+    else:
+        val = last["val"]
+    final = {"val_miou": val.metrics["val_miou"], "val_pixel_acc": val.metrics["val_pixel_acc"],
+             "tta": tta, "epochs": trainer.epoch}
+    summary = {"history": history, "final": final, "per_class_iou": val.per_class_iou,
+               "class_names": list(trainer.data.class_names),
+               "confusion": val.confusion.tolist() if val.confusion is not None else None,
                "wall_seconds": time.perf_counter() - start}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-    if last_val.get("samples"):
-        write_overlays(trainer, last_val["samples"], out / "overlays")
+
+    model_dir = out / MODEL_DIR
+    model_dir.mkdir(exist_ok=True)
+    tmp = model_dir / "weights.pt.tmp"
+    torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, tmp)
+    os.replace(tmp, model_dir / "weights.pt")
+    write_atomic(model_dir / "config.yaml", dump_yaml(cfg))
+    if val.samples:
+        write_overlays(trainer, val.samples, out / "overlays")
+    if val.confusion is not None:
+        try:
+            plot_confusion(val.confusion, summary["class_names"], out / "confusion.png",
+                           f"final val mIoU {final['val_miou']:.2f}{' (TTA)' if tta else ''}")
+        except ImportError as exc:
+            log(f"warning: no confusion-matrix picture ({exc})")
+    write_atomic(out / METRICS, json.dumps(summary, indent=1))
+    write_atomic(out / DONE, json.dumps({"final": final, "per_class_iou": val.per_class_iou,
+                                         "wall_seconds": summary["wall_seconds"]}, indent=1))
     return summary
 
 
+# --- MLflow ---------------------------------------------------------------------------------
+def resolve_tracking_uri(uri: str | None) -> str:
+    """Explicit URI or MLflow's default, with a relative sqlite path made absolute (same rule as
+    hpo.tracking, repeated here so hpo.train needs neither Ray nor Optuna)."""
+    import mlflow
+
+    uri = uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    return uri
+
+
+class WarnOnce:
+    """Shared by every tracker of a process: one tracking outage is one warning, not hundreds."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.warned = stream, False
+
+    def __call__(self, what: str, exc: BaseException) -> None:
+        if not self.warned:
+            self.warned = True
+            print(f"warning: MLflow {what} failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                  f"training goes on, tracking may be incomplete", file=self.stream, flush=True)
+
+
+class RunTracker:
+    """One training run in MLflow. Every call is guarded: tracking trouble never stops a training."""
+
+    def __init__(self, tracking_uri: str | None = None, warn: WarnOnce | None = None):
+        self.warn = warn or WarnOnce()
+        self.uri = tracking_uri
+        self.client = None
+        self.run_id: str | None = None
+        self.logged_step = 0
+
+    def _guard(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            if self.client is None:
+                from mlflow.tracking import MlflowClient
+
+                self.uri = resolve_tracking_uri(self.uri)
+                self.client = MlflowClient(tracking_uri=self.uri)
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - see class docstring
+            self.warn(what, exc)
+            return None
+
+    def start(self, out: Path, cfg: dict, *, experiment: str | None = None, experiment_id: str | None = None,
+              run_name: str | None = None, tags: dict[str, str] | None = None, resume: bool = False) -> str | None:
+        """Continue the run recorded in `out/mlflow_run.json` (when `resume`), else create one."""
+        out = Path(out)
+        run_file = out / RUN_FILE
+        if resume and run_file.is_file():
+            recorded = json.loads(run_file.read_text())
+            self.uri = self.uri or recorded.get("tracking_uri")
+
+            def reopen():
+                rid = recorded["run_id"]
+                self.client.get_run(rid)
+                self.client.update_run(rid, status="RUNNING")
+                hist = self.client.get_metric_history(rid, "val_miou")
+                self.logged_step = max((m.step for m in hist), default=0)
+                return rid
+            self.run_id = self._guard("resuming the run", reopen)
+            if self.run_id:
+                return self.run_id
+
+        def create():
+            from mlflow.entities import Param
+
+            eid = experiment_id or get_or_create_experiment(self.client, experiment or DEFAULT_EXPERIMENT)
+            run = self.client.create_run(eid, run_name=run_name, tags=dict(tags or {}))
+            rid = run.info.run_id
+            params = [Param(k, str(v)[:6000]) for k, v in flatten(cfg).items()]
+            for i in range(0, len(params), 100):          # MLflow's per-batch limit
+                self.client.log_batch(rid, params=params[i:i + 100])
+            self.client.log_text(rid, dump_yaml(cfg), "config.yaml")
+            out.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_file, json.dumps({"run_id": rid, "tracking_uri": self.uri}))
+            return rid
+
+        self.run_id = self._guard("creating the run", create)
+        return self.run_id
+
+    def log_epoch(self, metrics: dict) -> None:
+        """Metrics of one validation at step = epoch; steps already in MLflow (a resumed run
+        re-trains the epochs after its last checkpoint) are not written twice."""
+        step = int(metrics["epoch"])
+        if not self.run_id or step <= self.logged_step:
+            return
+
+        def log():
+            from mlflow.entities import Metric
+
+            ts = int(time.time() * 1000)
+            batch = [Metric(k, float(metrics[k]), ts, step) for k in EPOCH_METRICS if k in metrics]
+            self.client.log_batch(self.run_id, metrics=batch)
+            self.logged_step = step
+        self._guard("logging metrics", log)
+
+    def log_history(self, history: list[dict]) -> None:
+        for metrics in history:
+            self.log_epoch(metrics)
+
+    def finish(self, out: Path, summary: dict) -> None:
+        """Final metrics (`final_val_miou`, `iou_<class>`), pictures, weights; run FINISHED."""
+        out = Path(out)
+        if not self.run_id:
+            return
+
+        def log():
+            from mlflow.entities import Metric
+
+            ts, step = int(time.time() * 1000), int(summary["final"]["epochs"])
+            final = summary["final"]
+            batch = [Metric("final_val_miou", float(final["val_miou"]), ts, step),
+                     Metric("final_val_pixel_acc", float(final["val_pixel_acc"]), ts, step)]
+            batch += [Metric(f"iou_{name}", float(v), ts, step)
+                      for name, v in summary["per_class_iou"].items() if v == v]     # NaN: class absent
+            self.client.log_batch(self.run_id, metrics=batch)
+            for name in ("config.yaml", METRICS, "confusion.png"):
+                if (out / name).is_file():
+                    self.client.log_artifact(self.run_id, str(out / name))
+            for folder in (MODEL_DIR, "overlays"):
+                if (out / folder).is_dir():
+                    self.client.log_artifacts(self.run_id, str(out / folder), folder)
+            self.client.set_terminated(self.run_id, "FINISHED")
+        self._guard("logging the final evaluation", log)
+
+    def fail(self, reason: str) -> None:
+        if self.run_id:
+            self._guard("marking the run failed", lambda: (
+                self.client.set_tag(self.run_id, "error", reason[:5000]),
+                self.client.set_terminated(self.run_id, "FAILED")))
+
+    def is_finished(self) -> bool:
+        return bool(self.run_id) and self._guard(
+            "reading the run", lambda: self.client.get_run(self.run_id).info.status == "FINISHED") is True
+
+    def register(self, name: str, tags: dict[str, str] | None = None) -> str | None:
+        """A new version of registered model `name` whose source is this run's `model/` folder."""
+        if not self.run_id:
+            return None
+        return self._guard("registering the model",
+                           lambda: register_model(self.client, name, self.run_id, tags))
+
+
+def get_or_create_experiment(client, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags=dict([EXPERIMENT_KIND_TAG]))
+    return exp.experiment_id
+
+
+def register_model(client, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="ctxtune: weights.pt (state_dict) + config.yaml")
+    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_DIR}"
+    version = client.create_model_version(name, source=source, run_id=run_id,
+                                          tags={k: str(v) for k, v in (tags or {}).items()})
+    return str(version.version)
+
+
+# --- CLI ------------------------------------------------------------------------------------
 def main(argv=None) -> int:
+    from hpo.engine import DivergenceError
+
     args = parse_args(argv)
     try:
         cfg = load_run_config(args.config)
         if args.seed is not None:
             cfg["seed"] = args.seed
+        cfg = normalize(cfg)
         out = Path(args.out or Path("runs") / Path(args.config).stem)
-        summary = train(cfg, out, resume=args.resume)
+        if args.resume and read_done(out) is not None:
+            print(f"{out}: this run already finished (remove {out / DONE} to evaluate again)")
+            return 0
+        if args.resume and not (out / CHECKPOINT).is_file():
+            raise ConfigError(f"--resume: no checkpoint at {out / CHECKPOINT}")
+        tracker = RunTracker(args.tracking_uri)
+        tracker.start(out, cfg, experiment=args.experiment, run_name=Path(args.config).stem,
+                      tags={"ctxtune.config": str(Path(args.config).resolve())}, resume=args.resume)
+        if tracker.run_id:
+            print(f"MLflow run {tracker.run_id} ({tracker.uri})", flush=True)
+        try:
+            summary = train(cfg, out, resume=args.resume, log=lambda msg: print(msg, flush=True),
+                            on_validation=tracker.log_epoch)
+        except Exception as exc:
+            tracker.fail(f"{type(exc).__name__}: {exc}")
+            raise
+    except DivergenceError as err:
+        print(f"error: training diverged: {err}", file=sys.stderr)
+        return 1
     except ValueError as err:    # ConfigError / DatasetError: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
+    tracker.finish(out, summary)
     final = summary["final"]
-    if final:
-        print(f"final val mIoU {final['val_miou']:.2f}  ({summary['wall_seconds']:.0f} s); outputs in {out}")
-        for name, iou in summary["per_class_iou"].items():
-            print(f"  {name:<16} {iou:6.2f}")
+    print(f"final val mIoU {final['val_miou']:.2f}{' (TTA)' if final['tta'] else ''}  "
+          f"({summary['wall_seconds']:.0f} s); outputs in {out}")
+    for name, iou in summary["per_class_iou"].items():
+        print(f"  {name:<16} {iou:6.2f}")
+    if args.register:
+        version = tracker.register(args.register, {"config": str(args.config)})
+        if version:
+            print(f"registered as version {version} of model '{args.register}'")
     return 0
 
 
