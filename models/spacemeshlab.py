@@ -168,6 +168,11 @@ class SpaceMeshLab(SegModel):
 
 # ---------------------------------------------------------------- config -> model
 
+def _read(reader, cfg: dict, key: str, default, *args, **kwargs):
+    """``reader(cfg, key, ...)``, but an absent *or null* key gives ``default`` (null = "use the default")."""
+    return default if get(cfg, key, None) is None else reader(cfg, key, *args, **kwargs)
+
+
 METROCON_OPTIONS = ("norm", "act", "confidence", "confidence_init", "fused_band")  # passed through when set
 
 
@@ -180,13 +185,13 @@ def metrocon_args(cfg: dict) -> dict:
             raise ConfigError(f"model.metrocon.grid: unknown grid {grid!r}; expected one of {', '.join(GRIDS)}")
         rows = cols = list(GRIDS[grid])
     else:
-        rows = get_int_list(cfg, "model.metrocon.rows", list(GRIDS[PAPER_GRID]), lo=1)
-        cols = get_int_list(cfg, "model.metrocon.cols", list(GRIDS[PAPER_GRID]), lo=1)
+        rows = _read(get_int_list, cfg, "model.metrocon.rows", list(GRIDS[PAPER_GRID]), lo=1)
+        cols = _read(get_int_list, cfg, "model.metrocon.cols", list(GRIDS[PAPER_GRID]), lo=1)
     depth = get(cfg, "model.metrocon.depth", None)
     if depth is not None:
         depth = get_int(cfg, "model.metrocon.depth", lo=1)
     args = {"rows": rows, "cols": cols, "depth": depth,
-            "impl": get_choice(cfg, "model.metrocon.impl", IMPLS, "fused")}
+            "impl": _read(get_choice, cfg, "model.metrocon.impl", "fused", IMPLS)}
     for k in METROCON_OPTIONS:
         if get(cfg, f"model.metrocon.{k}", None) is not None:
             args[k] = get(cfg, f"model.metrocon.{k}")
@@ -205,31 +210,31 @@ def build_metrocon(in_channels: int, args: dict, project: int) -> MetroCon2:
 def spam_args(cfg: dict, output_stride: int, head_channels: int) -> dict:
     p = "model.spam_options"
     section(cfg, p)
-    heads = get_int(cfg, f"{p}.heads", 4, lo=1)
-    channels = get_int(cfg, f"{p}.channels", 32, lo=1)
+    heads = _read(get_int, cfg, f"{p}.heads", 4, lo=1)
+    channels = _read(get_int, cfg, f"{p}.channels", 32, lo=1)
     if channels % heads:
         raise ConfigError(f"{p}.heads: must divide {p}.channels ({channels}), got {heads}")
-    factor = get_int(cfg, f"{p}.scale_factor", 4, lo=2)
-    stages = get(cfg, f"{p}.stages", list(DEFAULT_STAGES))
+    factor = _read(get_int, cfg, f"{p}.scale_factor", 4, lo=2)
+    stages = _read(get, cfg, f"{p}.stages", list(DEFAULT_STAGES))
     if (not isinstance(stages, (list, tuple)) or not stages or len(set(stages)) != len(stages)
             or any(s not in STAGE_ORDER for s in stages)):
         raise ConfigError(f"{p}.stages: expected a non-empty list of distinct names from "
                           f"{', '.join(STAGE_ORDER)}, got {stages!r}")
     divisors = [d for d in range(1, output_stride + 1) if output_stride % d == 0]
-    dstride = get_int(cfg, f"{p}.decoder_stride", 4)
+    dstride = _read(get_int, cfg, f"{p}.decoder_stride", 4)
     if dstride not in divisors:
         raise ConfigError(f"{p}.decoder_stride: expected a divisor of the output stride {output_stride} "
                           f"({', '.join(map(str, divisors))}), got {dstride}")
     if dstride != output_stride and head_channels % heads:
         raise ConfigError(f"{p}.heads: must divide model.head_channels ({head_channels}) for the decoder's SCA, "
                           f"got {heads}")
-    kernel = get_int(cfg, f"{p}.sca_kernel", 7, lo=1)
+    kernel = _read(get_int, cfg, f"{p}.sca_kernel", 7, lo=1)
     if kernel % 2 == 0:
         raise ConfigError(f"{p}.sca_kernel: expected an odd int, got {kernel}")
     return {"spam_channels": channels, "heads": heads, "scale_factor": factor, "stages": list(stages),
-            "decoder_stride": dstride, "convs_per_block": get_int(cfg, f"{p}.convs_per_block", 1, lo=1),
-            "sca_kernel": kernel, "cca_reduction": get_int(cfg, f"{p}.cca_reduction", 16, lo=1),
-            "zero_init": get_bool(cfg, f"{p}.zero_init", True), "pad_input": get_bool(cfg, f"{p}.pad_input", False)}
+            "decoder_stride": dstride, "convs_per_block": _read(get_int, cfg, f"{p}.convs_per_block", 1, lo=1),
+            "sca_kernel": kernel, "cca_reduction": _read(get_int, cfg, f"{p}.cca_reduction", 16, lo=1),
+            "zero_init": _read(get_bool, cfg, f"{p}.zero_init", True), "pad_input": _read(get_bool, cfg, f"{p}.pad_input", False)}
 
 
 @register_model(
@@ -246,9 +251,9 @@ def spam_args(cfg: dict, output_stride: int, head_channels: int) -> dict:
                        spam_options={"channels": 32, "heads": 4}))
 def build_spacemeshlab(cfg: dict) -> SpaceMeshLab:
     a = common_args(cfg)
-    spam = get_bool(cfg, "model.spam", True)
-    attention = get_bool(cfg, "model.sca_cca", True)
-    context_kind = get_choice(cfg, "model.context", CONTEXTS, "metrocon")
+    spam = _read(get_bool, cfg, "model.spam", True)
+    attention = _read(get_bool, cfg, "model.sca_cca", True)
+    context_kind = _read(get_choice, cfg, "model.context", "metrocon", CONTEXTS)
     backbone = build_backbone(cfg)
     in_ch = backbone.channels["block5"]
     if context_kind == "aspp":

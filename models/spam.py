@@ -79,7 +79,10 @@ class SpatialContextAttention(nn.Module):
         n, c, h, w = x.shape
         g = x.reshape(n, self.heads, c // self.heads, h, w)
         stats = torch.stack((g.mean(dim=2), g.amax(dim=2)), dim=2).reshape(n, 2 * self.heads, h, w)
-        gate = torch.sigmoid(self.conv(stats)).unsqueeze(2)  # (n, heads, 1, h, w)
+        if stats.device.type == "cpu":
+            # oneDNN runs this few-channel grouped conv 3-5x faster (fwd+bwd) in channels_last
+            stats = stats.contiguous(memory_format=torch.channels_last)
+        gate = torch.sigmoid(self.conv(stats)).contiguous().unsqueeze(2)  # (n, heads, 1, h, w)
         return (g * gate).reshape(n, c, h, w)
 
 

@@ -143,6 +143,15 @@ def test_rectangular_grid_and_grid_name_precedence():
     assert mc.rows == mc.cols == (6, 12, 18)
 
 
+def test_null_means_default():
+    cfg = toy(spam=None, sca_cca=None, context=None, **{"metrocon.rows": None, "metrocon.impl": None,
+                                                       "spam_options.stages": None, "spam_options.zero_init": None})
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert model.spam and list(model.exchanges) == ["block1", "block2", "block4", "block5"]
+    assert model.context.metrocon.rows == tuple(range(1, 19)) and model.context.metrocon.cols == (1, 2, 3)
+
+
 def test_exchange_stages_and_shuffle_steps():
     assert shuffle_steps(16, 4) == [4, 4] and shuffle_steps(8, 4) == [4, 2] and shuffle_steps(4, 4) == [4]
     with torch.device("meta"):
