@@ -28,8 +28,9 @@ Choices where the paper is unclear (SpaM/SCA/CCA internals are in ``models/spam.
   matches), so Table 2's ASPP-vs-MetroCon² rows differ only in the parallel branches.
 - ``spam: false`` is DeepLabV3+ (with ``context: aspp``) or DeepLabV3+ with MetroCon²: the decoder
   uses the usual 48-channel block-2 projection and bilinear upsampling; ``sca_cca`` is then unused.
-- ``model.metrocon.grid: <name>`` (a named grid of ``models.metrocon``) sets rows = cols of that grid
-  and wins over ``rows``/``cols`` (a search space can sample a grid name on top of a base config).
+- ``model.metrocon.grid`` wins over ``rows``/``cols`` (a search space samples it on top of a base
+  config): a name from ``models.metrocon.GRIDS`` (rows = cols = that grid), ``[rows, cols]`` (one
+  categorical choice holding a rectangular grid), or one list used for both axes.
 - Inputs: with SpaM, H and W must be multiples of the backbone output stride (pixel shuffle needs
   exact feature sizes); ``spam_options.pad_input: true`` zero-pads to the next multiple and crops
   the logits instead. The model's ``input_multiple`` attribute tells callers the multiple (1 without
@@ -176,14 +177,29 @@ def _read(reader, cfg: dict, key: str, default, *args, **kwargs):
 METROCON_OPTIONS = ("norm", "act", "confidence", "confidence_init", "fused_band")  # passed through when set
 
 
+def _is_dilations(v) -> bool:
+    return (isinstance(v, (list, tuple)) and len(v) > 0
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in v))
+
+
+def _grid(grid) -> tuple[list[int], list[int]]:
+    """``model.metrocon.grid``: a name, ``[rows, cols]`` (a categorical search choice), or one list for both."""
+    if isinstance(grid, str) and grid in GRIDS:
+        return list(GRIDS[grid]), list(GRIDS[grid])
+    if isinstance(grid, (list, tuple)) and len(grid) == 2 and all(_is_dilations(g) for g in grid):
+        return list(grid[0]), list(grid[1])
+    if _is_dilations(grid):
+        return list(grid), list(grid)
+    raise ConfigError(f"model.metrocon.grid: expected one of {', '.join(GRIDS)}, [rows, cols] or one list of "
+                      f"dilations (ints >= 1), got {grid!r}")
+
+
 def metrocon_args(cfg: dict) -> dict:
     """``model.metrocon.{grid | rows, cols}, depth, impl`` (+ MetroCon2's optional switches), keys named in errors."""
     section(cfg, "model.metrocon")
     grid = get(cfg, "model.metrocon.grid", None)
     if grid is not None:
-        if not isinstance(grid, str) or grid not in GRIDS:
-            raise ConfigError(f"model.metrocon.grid: unknown grid {grid!r}; expected one of {', '.join(GRIDS)}")
-        rows = cols = list(GRIDS[grid])
+        rows, cols = _grid(grid)
     else:
         rows = _read(get_int_list, cfg, "model.metrocon.rows", list(GRIDS[PAPER_GRID]), lo=1)
         cols = _read(get_int_list, cfg, "model.metrocon.cols", list(GRIDS[PAPER_GRID]), lo=1)

@@ -141,6 +141,11 @@ def test_rectangular_grid_and_grid_name_precedence():
     with torch.device("meta"):
         mc = build_model(toy(**{"metrocon.grid": "aspp3x3", "metrocon.rows": [1]})).context.metrocon
     assert mc.rows == mc.cols == (6, 12, 18)
+    # ... and so does a [rows, cols] pair or one list (what a categorical search choice can hold)
+    with torch.device("meta"):
+        pair = build_model(toy(**{"metrocon.grid": [[1, 2], [1, 2, 4, 8]]})).context.metrocon
+        single = build_model(toy(**{"metrocon.grid": [1, 5]})).context.metrocon
+    assert (pair.rows, pair.cols, single.rows, single.cols) == ((1, 2), (1, 2, 4, 8), (1, 5), (1, 5))
 
 
 def test_null_means_default():
@@ -195,6 +200,7 @@ BAD = [
     ({"metrocon.cols": [1, -3]}, "model.metrocon.cols"),
     ({"metrocon.depth": 0}, "model.metrocon.depth"),
     ({"metrocon.grid": "dense7x7"}, "model.metrocon.grid"),
+    ({"metrocon.grid": [[1, 2], [0, 3]]}, "model.metrocon.grid"),
     ({"metrocon.impl": "cuda"}, "model.metrocon.impl"),
     ({"metrocon.confidence": "sometimes"}, "model.metrocon.confidence"),
     ({"context": "ppm"}, "model.context"),
