@@ -146,9 +146,8 @@ def leaderboard(trials, spec: SpaceFile) -> list[dict]:
         last = t.last_result or {}
         errored = t.status == "ERROR"
         status = trial_status(last, errored, spec.scheduler.max_t)
-        best = t.metric_analysis.get(metric, {}).get(spec.scheduler.mode) if not last.get("diverged") else None
-        if status == "failed" and last.get("diverged"):
-            best = None
+        # a diverged trial's last result carries a placeholder score: it has none
+        best = None if last.get("diverged") else t.metric_analysis.get(metric, {}).get(spec.scheduler.mode)
         rows.append({"trial": t.trial_id, "status": status, "epochs": int(last.get("training_iteration", 0)),
                      metric: best, **{k: _show(v) for k, v in t.config.items()}})
     # completed trials first (only they ran the full budget), then by score, missing scores last
@@ -268,10 +267,18 @@ def run(spec: SpaceFile, args: argparse.Namespace) -> int:
                 failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     start = time.perf_counter()
-    grid = tuner.fit()
+    tuner.fit()
     wall = time.perf_counter() - start
+    # Trial objects (status, last result, config, metric analysis) as Ray saved them.
+    trials = tune.ExperimentAnalysis(str(exp_dir), default_metric=sched.metric, default_mode=sched.mode).trials
+    unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished or len(trials) < spec.search.num_samples:
+        done = len(trials) - len(unfinished)
+        client.set_terminated(parent_id, "KILLED")
+        print(f"\ninterrupted after {wall:.0f} s: {done} of {spec.search.num_samples} trials finished; continue with\n"
+              f"  python -m hpo.search {args.space} --resume" + (f" --name {name}" if args.name else ""))
+        return 130
 
-    trials = [r for r in _trials_of(tuner)]
     rows = leaderboard(trials, spec)
     keys = list(spec.space)
     table = format_table(rows, keys, sched.metric)
@@ -293,43 +300,20 @@ def run(spec: SpaceFile, args: argparse.Namespace) -> int:
     except Exception as exc:  # noqa: BLE001 - the search itself succeeded
         print(f"warning: could not write the leaderboard to MLflow ({exc})", file=sys.stderr)
     print(f"\nopen the runs: mlflow ui --backend-store-uri {uri}   (experiment '{name}')")
-    del grid
     if not args.no_report:
         _maybe_report(spec, exp_dir)
     return 0
 
 
-def _trials_of(tuner):
-    """The Trial objects of the last fit (status, last result, config), in creation order."""
-    grid = tuner.get_results()
-    trials = []
-    for result in grid:
-        trials.append(_ResultTrial(result))
-    return trials
-
-
-class _ResultTrial:
-    """Adapter from ray.tune.Result to what leaderboard() reads."""
-
-    def __init__(self, result):
-        self.trial_id = result.metrics.get("trial_id") or Path(result.path).name
-        self.config = result.config or {}
-        self.last_result = result.metrics or {}
-        self.status = "ERROR" if result.error else "TERMINATED"
-        df = result.metrics_dataframe
-        self.metric_analysis = {}
-        if df is not None and len(df):
-            for col in ("val_miou",):
-                if col in df:
-                    self.metric_analysis[col] = {"max": float(df[col].max()), "min": float(df[col].min())}
-
-
 def _maybe_report(spec: SpaceFile, exp_dir: Path) -> None:
+    # The search already succeeded: a report problem is one warning line, never a failed search.
     try:
-        from hpo import report  # noqa: F401  (added by the sensitivity-report issue)
-    except ImportError:
-        return
-    report.main([str(exp_dir)])
+        from hpo import report
+
+        report.main([str(exp_dir)])
+    except Exception as exc:  # noqa: BLE001
+        print(f"warning: the sensitivity report failed ({type(exc).__name__}: {exc}); "
+              f"retry with: python -m hpo.report {exp_dir}", file=sys.stderr)
 
 
 def main(argv=None) -> int:

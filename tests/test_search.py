@@ -103,3 +103,53 @@ def test_demo_search_end_to_end(ray_local, tiny_data, tmp_path, capsys):
     with open(state_files[-1], "rb") as f:
         saved = pickle.load(f)
     assert isinstance(saved["_ot_study"].sampler, optuna.samplers.TPESampler)
+
+
+def finished_trial_runs(db: Path) -> int:
+    """Trial runs with a final status. Call only once the driver has created the store: two
+    processes creating one SQLite store race (a known MLflow trap)."""
+    client = MlflowClient(f"sqlite:///{db}")
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exp_ids, "tags.status != 'running'", max_results=1000)
+    return sum("ray_trial_id" in r.data.tags for r in runs)
+
+
+def test_interrupted_search_resumes_without_loss_or_duplicates(ray_local, tiny_data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    space = write_space(tmp_path, tiny_data, "resume")
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "hpo.search", str(space), "--no-report"], cwd=tmp_path,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while "search 'resume'" not in (tmp_path / "first.log").read_text():   # the driver created the store
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "search did not start"
+        time.sleep(0.5)
+    while finished_trial_runs(tmp_path / "mlflow.db") < 2:       # interrupt partway: 2 trials done
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "search made no progress"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)                               # Ctrl+C
+    assert proc.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()[-3000:]
+    before = finished_trial_runs(tmp_path / "mlflow.db")
+    assert 2 <= before < NUM_SAMPLES
+
+    assert search.main([str(space), "--resume", "--no-report"]) == 0
+    client, _exp, parent, children = child_runs(tmp_path, "resume")
+    assert parent.info.status == "FINISHED"
+    trial_ids = [r.data.tags["ray_trial_id"] for r in children]
+    assert len(trial_ids) == NUM_SAMPLES and len(set(trial_ids)) == NUM_SAMPLES    # each trial exactly once
+    for run in children:
+        assert run.data.tags["status"] in ("completed", "early_stopped")
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
+        assert steps == list(range(1, int(run.data.tags["epochs_run"]) + 1))
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "ray_results" / "resume" / "optuna_journal.log")))
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert len(study.trials) >= NUM_SAMPLES
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == NUM_SAMPLES
