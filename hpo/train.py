@@ -246,7 +246,7 @@ class RunTracker:
         self.uri = tracking_uri
         self.client = None
         self.run_id: str | None = None
-        self.logged_step = 0
+        self.logged_steps: set[int] = set()
 
     def _guard(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -259,6 +259,15 @@ class RunTracker:
         except Exception as exc:  # noqa: BLE001 - see class docstring
             self.warn(what, exc)
             return None
+
+    def attach(self, out: Path) -> bool:
+        """Point at the run recorded in `out/mlflow_run.json` without touching it."""
+        run_file = Path(out) / RUN_FILE
+        if not run_file.is_file():
+            return False
+        recorded = json.loads(run_file.read_text())
+        self.run_id, self.uri = recorded["run_id"], self.uri or recorded.get("tracking_uri")
+        return True
 
     def start(self, out: Path, cfg: dict, *, experiment: str | None = None, experiment_id: str | None = None,
               run_name: str | None = None, tags: dict[str, str] | None = None, resume: bool = False) -> str | None:
@@ -274,7 +283,7 @@ class RunTracker:
                 self.client.get_run(rid)
                 self.client.update_run(rid, status="RUNNING")
                 hist = self.client.get_metric_history(rid, "val_miou")
-                self.logged_step = max((m.step for m in hist), default=0)
+                self.logged_steps = {m.step for m in hist}
                 return rid
             self.run_id = self._guard("resuming the run", reopen)
             if self.run_id:
@@ -301,7 +310,7 @@ class RunTracker:
         """Metrics of one validation at step = epoch; steps already in MLflow (a resumed run
         re-trains the epochs after its last checkpoint) are not written twice."""
         step = int(metrics["epoch"])
-        if not self.run_id or step <= self.logged_step:
+        if not self.run_id or step in self.logged_steps:
             return
 
         def log():
@@ -310,7 +319,7 @@ class RunTracker:
             ts = int(time.time() * 1000)
             batch = [Metric(k, float(metrics[k]), ts, step) for k in EPOCH_METRICS if k in metrics]
             self.client.log_batch(self.run_id, metrics=batch)
-            self.logged_step = step
+            self.logged_steps.add(step)
         self._guard("logging metrics", log)
 
     def log_history(self, history: list[dict]) -> None:
@@ -322,6 +331,8 @@ class RunTracker:
         out = Path(out)
         if not self.run_id:
             return
+
+        self.log_history(summary.get("history", []))    # epochs a killed process never logged
 
         def log():
             from mlflow.entities import Metric
