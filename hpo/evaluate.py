@@ -44,7 +44,10 @@ def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | No
     crop = tuple(cfg["data"]["crop"]) if ev["sliding"] else None
     cm = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index, device=device)
     out = Path(export_dir) if export_dir else None
+    gt_counts = torch.zeros(data.num_classes, dtype=torch.int64)
     for batch in data.val_loader():
+        valid = batch["label"][batch["label"] != data.ignore_index]
+        gt_counts += torch.bincount(valid.flatten(), minlength=data.num_classes)
         image, label = batch["image"].to(device), batch["label"].to(device)
         logits = predict_logits(model, image, scales=scales, flip=tta and ev["flip"], crop=crop,
                                 num_classes=data.num_classes, out_size=tuple(label.shape[-2:]))
@@ -59,7 +62,18 @@ def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | No
                 cv2.imwrite(str(out / "overlays" / (Path(name).stem + ".png")), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
     res = cm.compute()
     return {"miou": float(res["miou"]) * 100, "pixel_acc": float(res["pixel_acc"]) * 100,
-            "per_class_iou": {n: float(v) * 100 for n, v in zip(data.class_names, res["per_class_iou"])}}
+            "per_class_iou": {n: float(v) * 100 for n, v in zip(data.class_names, res["per_class_iou"])},
+            "majority_baseline": majority_baseline(gt_counts)}
+
+
+def majority_baseline(gt_counts: torch.Tensor) -> dict:
+    """mIoU / pixel accuracy of always predicting the most frequent class (context for a score).
+
+    Its IoU is its pixel share (no false negatives); every other class present scores 0."""
+    total = int(gt_counts.sum())
+    share = float(gt_counts.max()) / max(total, 1)
+    present = int((gt_counts > 0).sum())
+    return {"miou": 100 * share / max(present, 1), "pixel_acc": 100 * share}
 
 
 def main(argv=None) -> int:
@@ -72,7 +86,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"mIoU {res['miou']:.2f}  pixel acc {res['pixel_acc']:.2f}{'  (TTA)' if args.tta else ''}")
+    base = res["majority_baseline"]
+    print(f"mIoU {res['miou']:.2f}  pixel acc {res['pixel_acc']:.2f}{'  (TTA)' if args.tta else ''}   "
+          f"[always predicting the majority class: mIoU {base['miou']:.2f}, pixel acc {base['pixel_acc']:.2f}]")
     for name, iou in res["per_class_iou"].items():
         print(f"  {name:<16} {iou:6.2f}")
     if args.export_dir:
