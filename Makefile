@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml
 .PHONY: install demo test
 install: $(STAMP)
 
+# The main job: the CPU demo search. Each run gets its own name, so `make demo` can be repeated.
 demo: $(STAMP)
-	$(VENV)/bin/python -m models.summary --preset toy
+	$(VENV)/bin/python -m hpo.search search_spaces/demo.yaml --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests
