@@ -151,8 +151,15 @@ def load_run_config(path: str | Path) -> dict:
     return normalize(load_yaml(path, "run config"))
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Configs that share a list object (rows = cols) must not come out as YAML anchors."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 def dump_yaml(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
+    return yaml.dump(cfg, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=None)
 
 
 def get_key(cfg: dict, dotted: str) -> Any:
