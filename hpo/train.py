@@ -228,14 +228,14 @@ def resolve_tracking_uri(uri: str | None) -> str:
 class WarnOnce:
     """Shared by every tracker of a process: one tracking outage is one warning, not hundreds."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=None):
         self.stream, self.warned = stream, False
 
     def __call__(self, what: str, exc: BaseException) -> None:
         if not self.warned:
             self.warned = True
             print(f"warning: MLflow {what} failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                  f"training goes on, tracking may be incomplete", file=self.stream, flush=True)
+                  f"training goes on, tracking may be incomplete", file=self.stream or sys.stderr, flush=True)
 
 
 class RunTracker:

@@ -1,0 +1,174 @@
+"""Promotion from a real finished toy search: real Ray, real Optuna, real MLflow sqlite + registry."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from hpo import promote, search
+from hpo import train as hpo_train
+from test_search import EPOCHS, write_space
+
+pytestmark = pytest.mark.slow
+NAME = "prom"
+PROMOTE_EPOCHS = 4
+K, S = 2, 2
+
+
+@pytest.fixture(scope="module")
+def finished_search(ray_local, tiny_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("promote")
+    cwd = os.getcwd()
+    os.chdir(tmp)                      # MLflow artifacts (./mlruns) stay in the test's folder
+    try:
+        space = write_space(tmp, tiny_data, NAME)
+        raw = yaml.safe_load(space.read_text())
+        raw["base"]["runtime"]["deterministic"] = True
+        raw["promote"] = {"budget": {"epochs": PROMOTE_EPOCHS},
+                          "eval": {"tta": True, "scales": [0.75, 1.0], "flip": True}}
+        space.write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert search.main([str(space), "--no-report"]) == 0
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        ref = promote.find_search(NAME, str(tmp / "ray_results"))
+        trials = promote.search_trials(MlflowClient(uri), ref, "val_miou")
+        yield SimpleNamespace(tmp=tmp, uri=uri, ref=ref, trials=trials,
+                              args=[NAME, "--storage-path", str(tmp / "ray_results"), "--out", str(tmp / "winners")])
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def promoted(finished_search):
+    s = finished_search
+    full = [t for t in s.trials if t.status == "completed" and t.epochs_run == EPOCHS]
+    assert len(full) >= K, [(t.status, t.epochs_run) for t in s.trials]     # the toy search's shape
+    assert any(t.status == "early_stopped" for t in s.trials)
+    cwd = os.getcwd()
+    os.chdir(s.tmp)
+    try:
+        rc = promote.main([*s.args, "--top-k", str(K), "--seeds", str(S)])
+    finally:
+        os.chdir(cwd)
+    assert rc == 0
+    client = MlflowClient(s.uri)
+    runs = client.search_runs([s.ref.experiment_id], f"tags.`ctxtune.search_parent` = '{s.ref.parent_run_id}'")
+    return SimpleNamespace(client=client, runs=runs, full=full)
+
+
+def test_top_k_times_seeds_full_budget_runs_with_tags(finished_search, promoted):
+    client, runs = promoted.client, promoted.runs
+    assert len(runs) == K * S
+    assert sorted((r.data.tags["rank"], r.data.tags["seed"]) for r in runs) == [
+        (str(k), str(s)) for k in range(1, K + 1) for s in range(S)]
+    # winners: the best trials that ran the full budget, ranked by their score at that budget
+    best_first = sorted(promoted.full, key=lambda t: -t.score)
+    by_rank = {int(r.data.tags["rank"]): r.data.tags["ray_trial_id"] for r in runs}
+    assert [by_rank[k] for k in range(1, K + 1)] == [t.trial_id for t in best_first[:K]]
+    partial = {t.trial_id for t in finished_search.trials if t.status != "completed"}
+    assert not partial & set(by_rank.values())
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert "mlflow.parentRunId" not in run.data.tags           # not nested under the search
+        assert run.data.params["budget.epochs"] == str(PROMOTE_EPOCHS)
+        assert run.data.params["seed"] == run.data.tags["seed"]
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_miou"))
+        assert steps == list(range(1, PROMOTE_EPOCHS + 1))
+        assert "final_val_miou" in run.data.metrics
+        assert {"model", "confusion.png", "config.yaml", "overlays"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    # the winners' configs on disk: trial config + the promote section
+    for k in range(1, K + 1):
+        cfg = yaml.safe_load((finished_search.tmp / "winners" / NAME / f"rank{k}.yaml").read_text())
+        assert cfg["budget"]["epochs"] == PROMOTE_EPOCHS and cfg["eval"]["tta"] is True
+        trial_run = next(r for r in runs if r.data.tags["rank"] == str(k)).data.tags["ctxtune.search_trial_run"]
+        trial_params = client.get_run(trial_run).data.params
+        assert str(cfg["model"]["selection"]["n3"]) == trial_params["model.selection.n3"]
+        assert str(cfg["optim"]["lr"]) == trial_params["optim.lr"]
+
+
+def test_champion_is_best_mean_winners_best_seed(finished_search, promoted, tmp_path):
+    client, runs = promoted.client, promoted.runs
+    scores: dict[int, dict[int, float]] = {}
+    for r in runs:
+        scores.setdefault(int(r.data.tags["rank"]), {})[int(r.data.tags["seed"])] = r.data.metrics["final_val_miou"]
+    best_rank = max(scores, key=lambda k: sum(scores[k].values()) / len(scores[k]))
+    best_seed = max(scores[best_rank], key=scores[best_rank].get)
+
+    version = client.get_model_version_by_alias(NAME, promote.CHAMPION)
+    champion_run = client.get_run(version.run_id)
+    assert (champion_run.data.tags["rank"], champion_run.data.tags["seed"]) == (str(best_rank), str(best_seed))
+    registered = Path(client.download_artifacts(version.run_id, "model/config.yaml", str(tmp_path)))
+    winner = yaml.safe_load((finished_search.tmp / "winners" / NAME / f"rank{best_rank}.yaml").read_text())
+    assert yaml.safe_load(registered.read_text()) == dict(winner, seed=best_seed)
+    assert version.source.endswith("/model")
+
+
+def test_rerun_skips_finished_and_resumes_unfinished(finished_search, promoted, capsys):
+    s = finished_search
+    runs_dir = s.tmp / "winners" / NAME / "runs"
+    unfinished = runs_dir / "rank2_seed1"
+    run_id = json.loads((unfinished / hpo_train.RUN_FILE).read_text())["run_id"]
+    (unfinished / hpo_train.DONE).unlink()               # as if the promotion was killed during it
+    capsys.readouterr()
+    cwd = os.getcwd()
+    os.chdir(s.tmp)
+    try:
+        assert promote.main([*s.args, "--top-k", str(K), "--seeds", str(S)]) == 0
+    finally:
+        os.chdir(cwd)
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, skipped") == K * S - 1
+    assert "rank2_seed1: resuming" in out
+    assert (unfinished / hpo_train.DONE).is_file()
+    client = promoted.client
+    after = client.search_runs([s.ref.experiment_id], f"tags.`ctxtune.search_parent` = '{s.ref.parent_run_id}'")
+    assert len(after) == K * S                                    # no new MLflow runs
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "val_miou"))
+    assert steps == list(range(1, PROMOTE_EPOCHS + 1))            # nothing logged twice
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 1   # same champion, not re-registered
+
+
+def test_fewer_full_budget_trials_than_k_promotes_those_and_says_so(finished_search):
+    trials = finished_search.trials
+    winners, note = promote.select_winners(trials, k=len(trials) + 5, max_t=EPOCHS)
+    assert {w.trial_id for w in winners} == {t.trial_id for t in trials if t.status == "completed"}
+    assert note.startswith(f"only {len(winners)} of {len(trials)} trials ran the full search budget")
+    scores = [w.score for w in winners]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_hpo_train_reproduces_a_search_trial(finished_search, tmp_path):
+    """The contract promotion relies on: a trial's logged config.yaml, re-trained at the trial's
+    budget with hpo.train, gives the trial's final score."""
+    s = finished_search
+    trial = max((t for t in s.trials if t.status == "completed"), key=lambda t: t.score)
+    client = MlflowClient(s.uri)
+    cfg = yaml.safe_load(Path(client.download_artifacts(trial.run_id, "config.yaml", str(tmp_path))).read_text())
+    summary = hpo_train.train(cfg, tmp_path / "again", log=lambda *_: None)
+    assert summary["final"]["epochs"] == trial.epochs_run == EPOCHS
+    assert summary["final"]["val_miou"] == pytest.approx(trial.score, abs=0.05)
+
+
+@pytest.mark.parametrize("query", ["no-such-search", "0123456789abcdef0123456789abcdef", "ray_results/elsewhere"])
+def test_unknown_search_is_one_line_exit_2(finished_search, query, capsys):
+    s = finished_search
+    rc = promote.main([query, "--storage-path", str(s.tmp / "ray_results"), "--tracking-uri", s.uri,
+                       "--out", str(s.tmp / "winners")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith(f"error: no search '{query}'")
+    assert str(s.tmp / "ray_results") in err[0] and s.uri in err[0]
+
+
+def test_search_found_by_parent_run_id_and_by_path(finished_search):
+    s = finished_search
+    by_id = promote.find_search(s.ref.parent_run_id, tracking_uri=s.uri)
+    by_path = promote.find_search(str(s.tmp / "ray_results" / NAME))
+    assert by_id.name == by_path.name == NAME
+    assert by_id.parent_run_id == by_path.parent_run_id == s.ref.parent_run_id
