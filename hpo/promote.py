@@ -60,8 +60,8 @@ import yaml
 
 from hpo.config import ConfigError, decode_choice, dump_yaml, get_key, normalize
 from hpo.space import SpaceError, SpaceFile, load_space
-from hpo.train import (CHECKPOINT, METRICS, RUN_FILE, RunTracker, WarnOnce, read_done, read_history,
-                       register_model, resolve_tracking_uri, train)
+from hpo.train import (CHECKPOINT, METRICS, RUN_FILE, RunTracker, WarnOnce, fail_fast_http, read_done,
+                       read_history, register_model, resolve_tracking_uri, train)
 
 STATE_FILE = "ctxtune_search.json"     # written by hpo.search beside Ray's experiment state
 CHAMPION = "champion"
@@ -279,6 +279,7 @@ def score_key(metric: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    fail_fast_http()     # the driver's polling loop must keep going through a tracking outage
     import ray
     from mlflow.tracking import MlflowClient
 

@@ -26,6 +26,8 @@ Choices:
   on a bare GPU box) prints one warning and the training goes on. Without `--tracking-uri` the
   store is MLflow's default (sqlite `mlflow.db` in the working directory; artifacts in
   `./mlruns`); `--resume` reuses the URI stored in `mlflow_run.json` unless given another.
+- Against a tracking server, MLflow's HTTP retries are lowered (2 retries, 30 s timeout, unless
+  set in the environment): logging happens in the training process and must not stall it.
 - Registering logs no MLflow model flavour: the version's source is the run's `model/` artifact
   folder (weights + config), which works offline with any store.
 """
@@ -225,6 +227,13 @@ def resolve_tracking_uri(uri: str | None) -> str:
     return uri
 
 
+def fail_fast_http() -> None:
+    """A down tracking server should cost seconds, not MLflow's default minutes of backoff per call
+    (hpo.train logs in the training process). Users' own settings win."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 class WarnOnce:
     """Shared by every tracker of a process: one tracking outage is one warning, not hundreds."""
 
@@ -396,6 +405,7 @@ def main(argv=None) -> int:
     from hpo.engine import DivergenceError
 
     args = parse_args(argv)
+    fail_fast_http()
     try:
         cfg = load_run_config(args.config)
         if args.seed is not None:
