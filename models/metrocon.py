@@ -37,7 +37,7 @@ Implementations (``impl``), numerically the same function:
   dilation, so a whole run of convs is a single ``as_strided`` view). Taps that fall entirely in
   the zero padding (dilation >= feature size) are skipped, and band widths bound the work spent on
   partially padded taps (``fused_band`` = the most padding rows/cols a group may compute; default
-  ``size // 8``). The backward pass is the same plan transposed (gather the views, two GEMMs per
+  ``size // 16``). The backward pass is the same plan transposed (gather the views, two GEMMs per
   group). Peak extra memory is one group's GEMM output plus the padded output, never all taps.
 
 Both implementations load each other's ``state_dict``: ``fused`` holds ``weight`` (M·N·depth,
@@ -117,131 +117,186 @@ def metrocon_depth(m: int, n: int) -> int:
 
 @dataclass(frozen=True)
 class _Run:
-    """An arithmetic run of a group's rows x cols: one strided view into the padded output."""
-    r0: int  # first row / col position inside the group's grid, and how many
-    m: int
-    q0: int
-    n: int
-    i0: int  # conv-grid row index of the first row, index step, its dilation, dilation step
+    """Convs whose grid index and dilation step arithmetically along both axes, fed from one input box.
+
+    Their contributions to the padded output are a single ``as_strided`` view (the shift of every
+    conv is linear in its position in the run).
+    """
+    r0: int  # rows: first position in the group's row list, count, grid index, index step,
+    m: int   # first dilation, dilation step
+    i0: int
     si: int
     a: int
     sa: int
+    q0: int  # cols: the same
+    n: int
     j0: int
     sj: int
     b: int
     sb: int
+    y0: int  # the input box [y0, y1) x [x0, x1) whose GEMM results the run uses
+    y1: int
+    x0: int
+    x1: int
 
 
 @dataclass(frozen=True)
 class _Group:
-    """Taps at one kernel position (ky, kx) for a band of rows x a band of cols: one GEMM."""
+    """Taps at one kernel position (ky, kx) for a band of convs: one GEMM over a band of the input.
+
+    ``axis`` 0: the GEMM runs over input rows [lo, hi) and all cols (input held as (C, H, B, W), so
+    the band is a strided view); ``axis`` 1: over input cols [lo, hi) (input held as (C, W, B, H)).
+    """
     ky: int
     kx: int
+    axis: int
     rows: tuple[int, ...]
     cols: tuple[int, ...]
-    y0: int  # input region the GEMM runs over
-    y1: int
-    x0: int
-    x1: int
+    lo: int
+    hi: int
     channels: tuple[int, ...]  # output channels (i*N + j)*D + d in (row, col, d) order
+    span: tuple[int, int] | None  # (start, stop) when ``channels`` is one contiguous range
     runs: tuple[_Run, ...]
 
 
 @dataclass(frozen=True)
 class _Plan:
-    groups: tuple[_Group, ...]
+    groups: tuple[_Group, ...]  # the centre tap first: it covers the whole output
     pad: tuple[int, int, int, int]  # top, bottom, left, right of the padded output buffer
     shape: tuple[int, int, int, int, int, int]  # M, N, D, H, W, C
+    workspace: int  # elements of the largest GEMM result
 
 
 def _bands(dils: Sequence[int], k: int, size: int, band: int) -> list[tuple[list[int], int, int]]:
-    """Split the indices of ``dils`` whose tap ``k`` can reach the map into bands.
+    """Split the indices of ``dils`` whose tap ``k`` reaches the map into bands of similar dilation.
 
-    Returns ``(indices, lo, hi)`` per band, where [lo, hi) is the input range the band's GEMM needs.
+    Returns ``(indices, lo, hi)`` per band, [lo, hi) being the input range the band needs. A band
+    spans at most ``band`` + 1 dilation values, so it reads at most ``band`` rows that only meet the
+    zero padding. Dilations >= size are dropped for k != 0: that tap sees nothing but padding.
     """
+    active = [i for i, d in enumerate(dils) if abs(k) * d < size]
     if k == 0:
-        return [(list(range(len(dils))), 0, size)]
-    active = sorted((d, i) for i, d in enumerate(dils) if d < size)  # d >= size: only padding
-    out: list[tuple[list[int], int, int]] = []
-    cur: list[int] = []
-    lo = 0
-    for d, i in active:
-        if cur and d - lo > band:
-            out.append((cur, lo, 0))
-            cur = []
-        if not cur:
-            lo = d
-        cur.append(i)
-    if cur:
-        out.append((cur, lo, 0))
-    # tap +1 reads input y + d, so only input >= d reaches an output; tap -1 only input < size - d
-    return [(idx, lo, size) if k > 0 else (idx, 0, size - lo) for idx, lo, _ in out]
+        return [(active, 0, size)]
+    out: list[tuple[list[int], int]] = []
+    for d, i in sorted((dils[i], i) for i in active):
+        if not out or d - out[-1][1] > band:
+            out.append(([], d))
+        out[-1][0].append(i)
+    # tap +1 reads input y + d, so only input rows >= d reach an output; tap -1 only rows < size - d
+    return [(sorted(idx), lo, size) if k > 0 else (sorted(idx), 0, size - lo) for idx, lo in out]
 
 
-def _runs(idx: Sequence[int], dils: Sequence[int]) -> list[tuple[int, int, int, int, int, int]]:
-    """Maximal runs of ``idx`` whose grid index and dilation both step arithmetically.
+def _runs(bands: Sequence[tuple[list[int], int, int]], dils: Sequence[int]):
+    """Maximal arithmetic runs (grid index and dilation) inside each band, positions counted across bands.
 
-    Returns ``(pos, length, i0, index_step, d0, dilation_step)`` per run.
+    Yields ``(pos, length, i0, index_step, d0, dilation_step, lo, hi)``.
     """
-    runs = []
-    p = 0
-    while p < len(idx):
-        length, si, sd = 1, 1, 0
-        if p + 1 < len(idx) and idx[p + 1] > idx[p]:
-            si, sd = idx[p + 1] - idx[p], dils[idx[p + 1]] - dils[idx[p]]
-            length = 2
-            while (p + length < len(idx) and idx[p + length] - idx[p + length - 1] == si
-                   and dils[idx[p + length]] - dils[idx[p + length - 1]] == sd):
-                length += 1
-        runs.append((p, length, idx[p], si, dils[idx[p]], sd))
-        p += length
-    return runs
+    base = 0
+    for idx, lo, hi in bands:
+        p = 0
+        while p < len(idx):
+            length, si, sd = 1, 1, 0
+            if p + 1 < len(idx):
+                si, sd = idx[p + 1] - idx[p], dils[idx[p + 1]] - dils[idx[p]]
+                length = 2
+                while (p + length < len(idx) and idx[p + length] - idx[p + length - 1] == si
+                       and dils[idx[p + length]] - dils[idx[p + length - 1]] == sd):
+                    length += 1
+            yield base + p, length, idx[p], si, dils[idx[p]], sd, lo, hi
+            p += length
+        base += len(idx)
 
 
 def _build_plan(rows: Sequence[int], cols: Sequence[int], depth: int, h: int, w: int, c: int,
-                band_h: int, band_w: int) -> _Plan:
+                band_h: int, band_w: int, batch: int) -> _Plan:
     m, n = len(rows), len(cols)
     groups = []
     pt = pb = pl = pr = 0
-    for ky in (-1, 0, 1):
-        for row_idx, y0, y1 in _bands(rows, ky, h, band_h):
-            for kx in (-1, 0, 1):
-                for col_idx, x0, x1 in _bands(cols, kx, w, band_w):
-                    # target row in the unpadded output is y' - ky*dv for input row y' in [y0, y1)
-                    for i in row_idx:
-                        pt = max(pt, -(y0 - ky * rows[i]))
-                        pb = max(pb, (y1 - 1 - ky * rows[i]) - (h - 1))
-                    for j in col_idx:
-                        pl = max(pl, -(x0 - kx * cols[j]))
-                        pr = max(pr, (x1 - 1 - kx * cols[j]) - (w - 1))
-                    channels = tuple((i * n + j) * depth + d for i in row_idx for j in col_idx for d in range(depth))
-                    runs = tuple(_Run(r0, rm, q0, cn, i0, si, a, sa, j0, sj, b, sb)
-                                 for r0, rm, i0, si, a, sa in _runs(row_idx, rows)
-                                 for q0, cn, j0, sj, b, sb in _runs(col_idx, cols))
-                    groups.append(_Group(ky, kx, tuple(row_idx), tuple(col_idx), y0, y1, x0, x1, channels, runs))
-    return _Plan(tuple(groups), (pt, pb, pl, pr), (m, n, depth, h, w, c))
+    workspace = 0
+    for ky, kx in [(0, 0)] + [(ky, kx) for ky in (-1, 0, 1) for kx in (-1, 0, 1) if (ky, kx) != (0, 0)]:
+        row_bands = _bands(rows, ky, h, band_h)
+        col_bands = _bands(cols, kx, w, band_w)
+        if not row_bands or not col_bands or not row_bands[0][0] or not col_bands[0][0]:
+            continue
+        # One GEMM per band of the off-centre axis (rows first); the other axis's bands only bound
+        # which part of the GEMM result each run reads (and so the output padding).
+        axis = 1 if (ky == 0 and kx != 0) else 0
+        cuts = [[b] for b in row_bands] if axis == 0 else [[b] for b in col_bands]
+        for cut in cuts:
+            rb, cb = (cut, col_bands) if axis == 0 else (row_bands, cut)
+            row_idx = [i for idx, _, _ in rb for i in idx]
+            col_idx = [j for idx, _, _ in cb for j in idx]
+            runs = []
+            for r0, rm, i0, si, a, sa, y0, y1 in _runs(rb, rows):
+                for q0, cn, j0, sj, b, sb, x0, x1 in _runs(cb, cols):
+                    runs.append(_Run(r0, rm, i0, si, a, sa, q0, cn, j0, sj, b, sb, y0, y1, x0, x1))
+                    # input row y' lands on output row y' - ky*dv: the padded buffer must hold it
+                    for dv in (a, a + (rm - 1) * sa):
+                        pt, pb = max(pt, ky * dv - y0), max(pb, y1 - 1 - ky * dv - (h - 1))
+                    for dh in (b, b + (cn - 1) * sb):
+                        pl, pr = max(pl, kx * dh - x0), max(pr, x1 - 1 - kx * dh - (w - 1))
+            channels = tuple((i * n + j) * depth + d for i in row_idx for j in col_idx for d in range(depth))
+            span = ((channels[0], channels[-1] + 1)
+                    if channels == tuple(range(channels[0], channels[-1] + 1)) else None)
+            lo, hi = (cut[0][1], cut[0][2])
+            workspace = max(workspace, len(channels) * (hi - lo) * batch * (w if axis == 0 else h))
+            groups.append(_Group(ky, kx, axis, tuple(row_idx), tuple(col_idx), lo, hi, channels, span,
+                                 tuple(runs)))
+    return _Plan(tuple(groups), (pt, pb, pl, pr), (m, n, depth, h, w, c), workspace)
 
 
 def _views(plan: _Plan, g: _Group, buf: torch.Tensor, part: torch.Tensor):
-    """Yield (view of the padded output ``buf``, view of the group block ``part``) for every run."""
-    m, n, d, h, w, _ = plan.shape
+    """Yield (view of the padded output ``buf``, view of the group's GEMM result ``part``) per run.
+
+    ``buf`` is (M·N·D, Hp, B, Wp); ``part`` is (rows, cols, D, band, B, other) where (band, other)
+    are the (y, x) input coordinates for axis 0 and (x, y) for axis 1, band relative to ``g.lo``.
+    """
+    _, n, d, _, _, _ = plan.shape
     pt, _, pl, _ = plan.pad
-    bsz, _, _, _, hp, wp = buf.shape
-    s_h, s_d = wp, hp * wp
+    _, hp, bsz, wp = buf.shape
+    s_w, s_b, s_h = 1, wp, bsz * wp
+    s_d = hp * s_h
     s_n, s_m = d * s_d, n * d * s_d
-    hr, wr = g.y1 - g.y0, g.x1 - g.x0
     for r in g.runs:
-        size = (bsz, r.m, r.n, d, hr, wr)
-        stride = (buf.stride(0), r.si * s_m - g.ky * r.sa * s_h, r.sj * s_n - g.kx * r.sb, s_d, s_h, 1)
+        lead_size = (r.m, r.n, d)
+        lead_stride = (r.si * s_m - g.ky * r.sa * s_h, r.sj * s_n - g.kx * r.sb * s_w, s_d)
+        block = part[r.r0:r.r0 + r.m, r.q0:r.q0 + r.n]
+        if g.axis == 0:
+            size, stride = lead_size + (r.y1 - r.y0, bsz, r.x1 - r.x0), lead_stride + (s_h, s_b, s_w)
+            block = block[:, :, :, r.y0 - g.lo:r.y1 - g.lo, :, r.x0:r.x1]
+        else:
+            size, stride = lead_size + (r.x1 - r.x0, bsz, r.y1 - r.y0), lead_stride + (s_w, s_b, s_h)
+            block = block[:, :, :, r.x0 - g.lo:r.x1 - g.lo, :, r.y0:r.y1]
         offset = (buf.storage_offset() + r.i0 * s_m + r.j0 * s_n
-                  + (pt + g.y0 - g.ky * r.a) * s_h + (pl + g.x0 - g.kx * r.b))
-        yield buf.as_strided(size, stride, offset), part[:, r.r0:r.r0 + r.m, r.q0:r.q0 + r.n]
+                  + (pt + r.y0 - g.ky * r.a) * s_h + (pl + r.x0 - g.kx * r.b) * s_w)
+        yield buf.as_strided(size, stride, offset), block
 
 
-def _region(x: torch.Tensor, g: _Group) -> torch.Tensor:
-    """The group's input region as (B, C, pixels) (a view when only rows are cut)."""
-    b, c, h, w = x.shape
-    return x[:, :, g.y0:g.y1, g.x0:g.x1].reshape(b, c, (g.y1 - g.y0) * (g.x1 - g.x0))
+def _unread(g: _Group, part: torch.Tensor):
+    """Views of ``part`` that no run reads (input the run's box excludes): zero them in the backward."""
+    for r in g.runs:
+        block = part[r.r0:r.r0 + r.m, r.q0:r.q0 + r.n]
+        z0, z1, size = (r.x0, r.x1, part.shape[-1]) if g.axis == 0 else (r.y0, r.y1, part.shape[-1])
+        if z0 > 0:
+            yield block[..., :z0]
+        if z1 < size:
+            yield block[..., z1:]
+
+
+def _tap_weight(wt: torch.Tensor, g: _Group, idx: torch.Tensor) -> torch.Tensor:
+    """The group's (K_g, C) weight rows from ``wt`` = weight as (3, 3, K, C)."""
+    tap = wt[g.ky + 1, g.kx + 1]
+    return tap[g.span[0]:g.span[1]] if g.span is not None else tap.index_select(0, idx)
+
+
+def _zero_margins(buf: torch.Tensor, pad: tuple[int, int, int, int]) -> None:
+    """Zero a (K, Hp, B, Wp) buffer outside its (K, H, B, W) interior."""
+    pt, pb, pl, pr = pad
+    hp, wp = buf.shape[1], buf.shape[3]
+    buf[:, :pt].zero_()
+    buf[:, hp - pb:].zero_()
+    buf[:, pt:hp - pb, :, :pl].zero_()
+    buf[:, pt:hp - pb, :, wp - pr:].zero_()
 
 
 class _FusedMetroConConv(torch.autograd.Function):
@@ -251,48 +306,73 @@ class _FusedMetroConConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, plan: _Plan, idx: list[torch.Tensor]):
         m, n, d, h, w, c = plan.shape
         pt, pb, pl, pr = plan.pad
-        bsz = x.shape[0]
-        x = x.contiguous()
-        buf = x.new_zeros(bsz, m, n, d, h + pt + pb, w + pl + pr)
-        for g, ch in zip(plan.groups, idx):
-            wg = weight[:, :, g.ky + 1, g.kx + 1].index_select(0, ch)
-            part = torch.matmul(wg, _region(x, g)).view(bsz, len(g.rows), len(g.cols), d, g.y1 - g.y0, g.x1 - g.x0)
+        bsz, k = x.shape[0], m * n * d
+        # Channel-first layouts make each band of input rows (cols) one strided GEMM operand, no copy.
+        xs = [x.permute(1, 2, 0, 3).contiguous()]  # (C, H, B, W)
+        if any(g.axis == 1 for g in plan.groups):
+            xs.append(x.permute(1, 3, 0, 2).contiguous())  # (C, W, B, H)
+        wt = weight.permute(2, 3, 0, 1).contiguous()  # (3, 3, K, C): a tap's rows are contiguous
+        buf = x.new_empty(k, h + pt + pb, bsz, w + pl + pr)
+        _zero_margins(buf, plan.pad)
+        ws = x.new_empty(plan.workspace)  # one buffer for every GEMM result: no allocation churn
+        for gi, (g, ch) in enumerate(zip(plan.groups, idx)):
+            xg = xs[g.axis][:, g.lo:g.hi]
+            part = ws[:len(ch) * xg[0].numel()].view(len(ch), -1)
+            torch.mm(_tap_weight(wt, g, ch), xg.reshape(c, -1), out=part)
+            part = part.view(len(g.rows), len(g.cols), d, *xg.shape[1:])
             for dst, src in _views(plan, g, buf, part):
-                dst.add_(src)
-        out = buf[..., pt:pt + h, pl:pl + w].reshape(bsz, m * n * d, h, w)
+                # the centre tap (first) covers the whole interior exactly once: it initialises it
+                dst.copy_(src) if gi == 0 else dst.add_(src)
+        out = torch.empty(bsz, k, h, w, dtype=x.dtype, device=x.device)
+        out.copy_(buf[:, pt:pt + h, :, pl:pl + w].permute(2, 0, 1, 3))
         if bias is not None:
             out.add_(bias.view(1, -1, 1, 1))
         ctx.plan, ctx.idx, ctx.has_bias = plan, idx, bias is not None
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(*xs, wt)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
+        *xs, wt = ctx.saved_tensors
         plan = ctx.plan
         m, n, d, h, w, c = plan.shape
         pt, pb, pl, pr = plan.pad
-        bsz = x.shape[0]
+        bsz, k = grad_out.shape[:2]
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        with torch.autocast(x.device.type, enabled=False):
-            grad_out = grad_out.contiguous()
-            gbuf = F.pad(grad_out, (pl, pr, pt, pb)).view(bsz, m, n, d, h + pt + pb, w + pl + pr)
-            grad_x = torch.zeros_like(x) if need_x else None
-            grad_w = torch.zeros_like(weight) if need_w else None
+        with torch.autocast(grad_out.device.type, enabled=False):
+            gbuf = grad_out.new_empty(k, h + pt + pb, bsz, w + pl + pr)
+            _zero_margins(gbuf, plan.pad)
+            gbuf[:, pt:pt + h, :, pl:pl + w].copy_(grad_out.permute(1, 2, 0, 3))
+            gxs = [torch.zeros_like(t) for t in xs] if need_x else None
+            gwt = torch.zeros_like(wt) if need_w else None
+            ws = grad_out.new_empty(plan.workspace)
             for g, ch in zip(plan.groups, ctx.idx):
-                hr, wr = g.y1 - g.y0, g.x1 - g.x0
-                part = grad_out.new_empty(bsz, len(g.rows), len(g.cols), d, hr, wr)
+                xg = xs[g.axis][:, g.lo:g.hi]
+                part = ws[:len(ch) * xg[0].numel()].view(len(g.rows), len(g.cols), d, *xg.shape[1:])
                 for src, dst in _views(plan, g, gbuf, part):
                     dst.copy_(src)
-                part = part.view(bsz, len(ch), hr * wr)
+                for hole in _unread(g, part):
+                    hole.zero_()
+                part = part.view(len(ch), -1)
                 if need_w:
-                    gw = torch.matmul(part, _region(x, g).transpose(1, 2)).sum(0)
-                    grad_w[:, :, g.ky + 1, g.kx + 1].index_copy_(0, ch, gw)
-                if need_x:
-                    wg = weight[:, :, g.ky + 1, g.kx + 1].index_select(0, ch)
-                    grad_x[:, :, g.y0:g.y1, g.x0:g.x1] += torch.matmul(wg.t(), part).view(bsz, c, hr, wr)
-            grad_b = grad_out.sum((0, 2, 3)) if (need_b and ctx.has_bias) else None
+                    tap = gwt[g.ky + 1, g.kx + 1]
+                    if g.span is not None:
+                        torch.mm(part, xg.reshape(c, -1).t(), out=tap[g.span[0]:g.span[1]])
+                    else:
+                        tap.index_copy_(0, ch, torch.mm(part, xg.reshape(c, -1).t()))
+                if need_x:  # accumulate straight into the band of the input-gradient buffer
+                    band = gxs[g.axis][:, g.lo:g.hi].view(c, -1)
+                    torch.addmm(band, _tap_weight(wt, g, ch).t(), part, out=band)
+            grad_x = grad_w = grad_b = None
+            if need_x:
+                grad_x = gxs[0].permute(2, 0, 1, 3).contiguous()
+                if len(gxs) > 1:
+                    grad_x.add_(gxs[1].permute(2, 0, 3, 1))
+            if need_w:
+                grad_w = gwt.permute(2, 3, 0, 1).contiguous()
+            if need_b and ctx.has_bias:
+                grad_b = grad_out.sum((0, 2, 3))
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -368,11 +448,12 @@ class MetroCon2(nn.Module):
 
     def _plan(self, x: torch.Tensor):
         h, w = x.shape[-2:]
-        key = (h, w, x.device)
+        key = (x.shape[0], h, w, x.device)
         if key not in self._plans:
-            band_h = self.fused_band if self.fused_band is not None else max(1, h // 8)
-            band_w = self.fused_band if self.fused_band is not None else max(1, w // 8)
-            plan = _build_plan(self.rows, self.cols, self.depth, h, w, self.in_channels, band_h, band_w)
+            band_h = self.fused_band if self.fused_band is not None else max(1, h // 16)
+            band_w = self.fused_band if self.fused_band is not None else max(1, w // 16)
+            plan = _build_plan(self.rows, self.cols, self.depth, h, w, self.in_channels, band_h, band_w,
+                               x.shape[0])
             idx = [torch.tensor(g.channels, dtype=torch.long, device=x.device) for g in plan.groups]
             self._plans[key] = (plan, idx)
         return self._plans[key]
