@@ -174,9 +174,31 @@ def format_table(rows: list[dict], keys: list[str], metric: str) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in cells)
 
 
+def _join_error(address: str | None, err: Exception) -> str:
+    """One line for a failed `--address`: Ray's own message is deep in a traceback chain."""
+    from ray.exceptions import AuthenticationError
+
+    # The auth failure arrives as an AuthenticationError in the chain or only as text in it.
+    chain, cause = [], err
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) for e in chain):
+        return (f"--address: the Ray cluster at {address} rejected this process's auth token (Ray >= 2.60 "
+                f"clusters use token authentication): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                f"RAY_AUTH_TOKEN_PATH) to the cluster's token - `ray get-auth-token` on the head prints it")
+    return f"--address: cannot join the Ray cluster at {address} ({str(err).splitlines()[0]})"
+
+
 def run(spec: SpaceFile, args: argparse.Namespace) -> int:
     # Per-epoch checkpoints of short toy trials trip Ray's snapshot-frequency warning constantly.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # An unreachable tracking server must fail fast into the MLflow logger's queue: MLflow's own
+    # defaults (7 retries, exponential backoff factor 2, 120 s timeout) block the driver loop -
+    # and with it every trial's results and checkpoints - for minutes per call.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     import logging
     import warnings
 
@@ -209,8 +231,11 @@ def run(spec: SpaceFile, args: argparse.Namespace) -> int:
     ensure_data(base)
 
     if not ray.is_initialized():
-        ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        try:
+            ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=False)
+        except ConnectionError as err:
+            raise SpaceError(_join_error(args.address, err)) from None
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if resources["gpu"] and not ray.cluster_resources().get("GPU"):
         print(f"warning: resources.gpu={resources['gpu']} but the Ray cluster has no GPU; trials run on CPU",

@@ -6,6 +6,12 @@ Here a trial that ends (without error) before the full budget `max_t` is told as
 keeps its intermediate values (one per validation, reported as they arrive) and records its last
 one as the value, which is how Optuna's own pruners leave trials. A trial whose loss diverged is
 told as FAIL. `feedback="complete"` restores Ray's behaviour (kept for the efficiency benchmark).
+
+On `--resume` after a driver that was SIGKILLed, the searcher comes back from Ray's last snapshot
+while the Optuna journal holds everything asked since: a trial asked after that snapshot is
+RUNNING in the journal but unknown to Ray, which will ask anew for its slot. Such orphans are
+told FAIL (user attr `lost`) so TPE's constant liar does not count them as running forever and
+the study's finished trials match Ray's.
 """
 
 from __future__ import annotations
@@ -32,6 +38,19 @@ class HonestOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
         self._feedback = feedback
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in known:
+                try:
+                    self._ot_study._storage.set_trial_user_attr(
+                        t._trial_id, "lost", "asked after Ray's last experiment snapshot; the driver died")
+                    self._ot_study.tell(t.number, state=TrialState.FAIL)
+                    logger.warning("optuna trial %d was lost with the driver: told FAIL", t.number)
+                except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the resume
+                    logger.warning("could not close lost optuna trial %d: %s", t.number, exc)
 
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)

@@ -13,6 +13,24 @@ Logging must never fail a trial or the search: every MLflow call goes through an
 when the tracking store is unreachable the calls wait there (and are retried on the next event and
 at the end of the search) instead of raising. Order is kept, so a run is created before its
 metrics are written.
+
+Fault handling (tests/test_faults.py):
+- A down tracking server: the search sets MLflow's HTTP retries low (hpo/search.py), so a call
+  fails in milliseconds into the queue instead of blocking the driver loop in MLflow's own
+  backoff (minutes by default). `delayed_ops` counts failed attempts, `delayed_seconds` the time
+  the queue was blocked; the end of the search prints both.
+- Each queued call is safe to repeat: a trial's run is looked up by its `ray_trial_id` tag
+  before one is created (the server may have created it and the reply been lost), params are
+  written once, and a trial's final status once.
+- A trial's run is created at its first result (or when it ends without one), not when its
+  actor starts. Tune snapshots the experiment after every checkpoint, so by then the trial is
+  almost surely in Ray's saved state: a SIGKILLed driver leaves no MLflow run for a trial that
+  `--resume` would not know about (and re-create under a new id).
+- On `--resume` the runs, last logged step, last node and finished trials are recovered from
+  MLflow, so a trial restarted from an older checkpoint writes no step twice and no second
+  final status.
+- Every result names its Ray node and worker pid (hpo/trainable.py); the run is tagged
+  `ray_node_id` / `ray_pid` (the latest, when it changes).
 """
 
 from __future__ import annotations
@@ -34,6 +52,7 @@ from hpo.searcher import trial_status
 logger = logging.getLogger(__name__)
 
 PER_EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds")
+RETRY_EVERY_S = 2.0       # while the store is unreachable, events retry the queue at most this often
 EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
 
 
@@ -79,14 +98,20 @@ class MLflowSearchLogger(Callback):
         self.metric = metric
         self.run_ids: dict[str, str] = {}       # ray trial id -> mlflow run id
         self.logged_step: dict[str, int] = {}   # ray trial id -> last step written
+        self.where: dict[str, tuple] = {}       # ray trial id -> (node id, pid) last tagged
+        self.finished: set[str] = set()         # trials whose final status was submitted
+        self._with_params: set[str] = set()     # trials whose params + config.yaml are written
         self._queue: deque[Callable[[], None]] = deque()
         self._client: MlflowClient | None = None
-        self.delayed_ops = 0                    # calls that had to wait for the store (outages)
+        self.delayed_ops = 0                    # failed attempts of calls that then waited (outages)
+        self.delayed_seconds = 0.0              # time the queue was blocked by an unreachable store
+        self._blocked_since: float | None = None
+        self._next_try = 0.0                    # while blocked, retry at most every RETRY_EVERY_S
 
     # Tune pickles callbacks with the experiment; the client is rebuilt on the other side.
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_client"], state["_queue"] = None, deque()
+        state["_client"], state["_queue"], state["_blocked_since"], state["_next_try"] = None, deque(), None, 0.0
         return state
 
     @property
@@ -103,17 +128,26 @@ class MLflowSearchLogger(Callback):
     def flush(self, deadline_s: float = 0.0) -> bool:
         """Run queued calls in order; on failure keep them (retry later). True when drained."""
         end = time.monotonic() + deadline_s
+        if deadline_s <= 0 and self._blocked_since is not None and time.monotonic() < self._next_try:
+            return False     # a hung server would otherwise cost a timeout on every trial event
         while self._queue:
             try:
                 self._queue[0]()
                 self._queue.popleft()
             except Exception as exc:  # noqa: BLE001 - tracking trouble must never stop the search
                 self.delayed_ops += 1
+                if self._blocked_since is None:
+                    self._blocked_since = time.monotonic()
+                    logger.warning("MLflow unreachable (%s); calls wait in the queue", type(exc).__name__)
+                self._next_try = time.monotonic() + RETRY_EVERY_S
                 if time.monotonic() >= end:
-                    logger.warning("MLflow unreachable (%s); %d call(s) queued for retry",
-                                   type(exc).__name__, len(self._queue))
                     return False
                 time.sleep(1.0)
+        if self._blocked_since is not None:
+            blocked = time.monotonic() - self._blocked_since
+            self.delayed_seconds += blocked
+            self._blocked_since = None
+            logger.warning("MLflow reachable again after %.0f s; queued calls written", blocked)
         return True
 
     # --- resume: find the runs a previous driver created ------------------------------------
@@ -126,8 +160,12 @@ class MLflowSearchLogger(Callback):
                 tid = run.data.tags.get("ray_trial_id")
                 if tid:
                     self.run_ids[tid] = run.info.run_id
+                    self._with_params.add(tid)   # written in the op that registered the run
                     hist = self.client.get_metric_history(run.info.run_id, self.metric)
                     self.logged_step[tid] = max((m.step for m in hist), default=0)
+                    self.where[tid] = (run.data.tags.get("ray_node_id"), run.data.tags.get("ray_pid"))
+                    if run.info.status != "RUNNING":
+                        self.finished.add(tid)
         self._submit(recover)
 
     # --- trial events -----------------------------------------------------------------------
@@ -139,20 +177,25 @@ class MLflowSearchLogger(Callback):
         cfg = apply_overrides(self.base, params)
 
         def create():
-            if tid in self.run_ids:
-                return
-            run = self.client.create_run(
-                self.experiment_id, run_name=f"trial-{tid}",
-                tags={"mlflow.parentRunId": self.parent_run_id, "ray_trial_id": tid, "status": "running",
-                      "knobs": ", ".join(f"{k}={v}" for k, v in params.items())})
-            rid = run.info.run_id
-            log_params(self.client, rid, flatten(cfg))
-            self.client.log_text(rid, dump_yaml(cfg), "config.yaml")
-            self.run_ids[tid] = rid
+            # Repeatable step by step: a retry after a lost reply finds the run instead of making a second.
+            if tid not in self.run_ids:
+                found = self.client.search_runs(
+                    [self.experiment_id],
+                    f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.ray_trial_id = '{tid}'")
+                if found:
+                    self.run_ids[tid] = found[0].info.run_id
+                else:
+                    run = self.client.create_run(
+                        self.experiment_id, run_name=f"trial-{tid}",
+                        tags={"mlflow.parentRunId": self.parent_run_id, "ray_trial_id": tid,
+                              "status": "running", "knobs": ", ".join(f"{k}={v}" for k, v in params.items())})
+                    self.run_ids[tid] = run.info.run_id
+            if tid not in self._with_params:
+                rid = self.run_ids[tid]
+                log_params(self.client, rid, flatten(cfg))
+                self.client.log_text(rid, dump_yaml(cfg), "config.yaml")
+                self._with_params.add(tid)
         self._submit(create)
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._ensure_run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._ensure_run(trial)
@@ -162,7 +205,12 @@ class MLflowSearchLogger(Callback):
         self.logged_step[tid] = step
         ts = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), ts, step) for k in PER_EPOCH_METRICS if k in result]
-        self._submit(lambda: self.client.log_batch(self.run_ids[tid], metrics=metrics))
+        where = (result.get("node_id"), str(result.get("pid")) if "pid" in result else None)
+        tags = []
+        if where[0] and where != self.where.get(tid):
+            self.where[tid] = where
+            tags = [RunTag("ray_node_id", where[0]), RunTag("ray_pid", where[1] or "")]
+        self._submit(lambda: self.client.log_batch(self.run_ids[tid], metrics=metrics, tags=tags))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, errored=False)
@@ -171,8 +219,11 @@ class MLflowSearchLogger(Callback):
         self._finish(trial, errored=True)
 
     def _finish(self, trial, errored: bool) -> None:
-        self._ensure_run(trial)
         tid = trial.trial_id
+        if tid in self.finished:     # a resumed search re-ran a trial MLflow had already closed
+            return
+        self.finished.add(tid)
+        self._ensure_run(trial)
         result = trial.last_result or {}
         status = trial_status(result, errored, self.max_t)
         ts = int(time.time() * 1000)
@@ -194,7 +245,11 @@ class MLflowSearchLogger(Callback):
         self._submit(finish)
 
     def on_experiment_end(self, trials, **info):
-        self.flush(deadline_s=120.0)
+        drained = self.flush(deadline_s=120.0)
+        if self.delayed_ops:
+            print(f"MLflow was unreachable for {self.delayed_seconds:.0f} s: {self.delayed_ops} failed "
+                  f"attempt(s) waited in the queue; " + ("all calls written" if drained else
+                  f"{len(self._queue)} call(s) could not be written"), flush=True)
 
 
 def _error_text(trial) -> str:

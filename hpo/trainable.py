@@ -5,14 +5,20 @@ config; after each validation the trial reports its metrics with a checkpoint (e
 a few prediction-overlay PNGs, which the driver logs to MLflow). A restarted trial continues
 from its last checkpoint. A diverged loss ends the trial at once with a `diverged` result, not
 an exception: retrying a deterministic NaN would only burn the budget again.
+
+Every result also names where it ran — `node_id` (Ray node) and `pid` (the worker process) — so
+the driver can tag the MLflow run with it and a multi-node run shows which node did the work
+(and a fault test can find the process to kill).
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import cv2
+import ray
 from ray import tune
 
 from hpo.config import apply_overrides
@@ -38,9 +44,10 @@ def run_trial(params: dict, base: dict) -> None:
         with checkpoint.as_directory() as ckpt_dir:
             trainer.load(Path(ckpt_dir) / STATE_FILE)
     metric_so_far = {"val_miou": 0.0}
+    where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def on_validation(trainer: Trainer, metrics: dict, val) -> None:
-        report = {k: v for k, v in metrics.items()}
+        report = {**metrics, **where}
         report.update({f"iou/{name}": v for name, v in val.per_class_iou.items()})
         metric_so_far["val_miou"] = metrics["val_miou"]
         with tempfile.TemporaryDirectory() as tmp:
@@ -52,4 +59,4 @@ def run_trial(params: dict, base: dict) -> None:
         trainer.fit(on_validation)
     except DivergenceError as err:
         # Placeholder metric keeps schedulers' strict metric checks happy; `diverged` marks it.
-        tune.report({**metric_so_far, "diverged": True, "error": str(err)})
+        tune.report({**metric_so_far, **where, "diverged": True, "error": str(err)})
