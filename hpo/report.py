@@ -1,0 +1,396 @@
+"""`python -m hpo.report SEARCH` — which knobs mattered in a finished search.
+
+    python -m hpo.report demo                          # a search name under ./ray_results
+    python -m hpo.report ray_results/demo --out rep/   # a Ray results directory
+    python -m hpo.report 3f2a...c9 --tracking-uri sqlite:///mlflow.db   # an MLflow parent run id
+
+The report (also written automatically at the end of `python -m hpo.search`):
+- knob importance from Optuna's PED-ANOVA (Optuna 5's default) and fANOVA evaluators, over the
+  full-budget trials and, separately, over the trials that reached each ASHA rung, so a ranking
+  that changes between short and long training shows up;
+- slice plots (score vs each knob; early-stopped trials grey), a parallel-coordinate plot
+  (early-stopped dotted), learning curves coloured by status with the rung boundaries, the
+  leaderboard;
+- `report.html` (self-contained, figures embedded as base64 PNG) plus the PNGs, written to
+  `--out` (default `<ray results>/report/`) and logged to the search's MLflow parent run under
+  `report/`, so it opens from `mlflow ui`.
+Importance is computed with `optuna.importance` and the slice/parallel plots come from
+`optuna.visualization.matplotlib`, on studies rebuilt from the recorded trials (hpo.report_data).
+An unknown SEARCH is one line on stderr and exit code 2; too few trials for importance still
+gives a report that says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+import warnings
+from pathlib import Path
+
+from hpo.report_data import (EVALUATORS, ReportError, Search, display_value, finished_study,
+                             importance_table, locate, rung_steps)
+
+STATUS_COLOURS = {"completed": "tab:green", "early_stopped": "tab:orange", "failed": "tab:red",
+                  "unfinished": "tab:gray"}
+FIGURES = ("importance", "slice", "parallel_coordinate", "learning_curves")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m hpo.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("search", metavar="SEARCH",
+                   help="search name (under --storage-path), Ray results directory, or MLflow parent run id")
+    p.add_argument("--out", help="output directory (default: <ray results>/report, or ./report-<name>)")
+    p.add_argument("--storage-path", help="Ray results directory holding searches (default ./ray_results)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the search's, else MLflow's default)")
+    p.add_argument("--space", help="space file, when the results do not record where theirs is")
+    p.add_argument("--min-trials", type=int, default=5,
+                   help="fewest scored trials per stage for importance (default 5)")
+    p.add_argument("--ped-quantile", type=float,
+                   help="PED-ANOVA target quantile (default min(0.5, max(0.1, 10/n)) for n trials)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the report to the MLflow parent run")
+    args = p.parse_args(argv)
+    if args.min_trials < 2:
+        p.error("--min-trials: expected >= 2")
+    if args.ped_quantile is not None and not 0 < args.ped_quantile < 1:
+        p.error("--ped-quantile: expected a number in (0, 1)")
+    return args
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _optuna_quiet():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def plot_importance(search: Search, table: dict, path: Path) -> bool:
+    """Grouped bars: one panel per evaluator, one bar per stage for every knob."""
+    plt = _plt()
+    done = [label for label, row in table.items() if row[EVALUATORS[0]] is not None]
+    if not done:
+        return False
+    # knob order: by the deepest stage that has importances (full budget when available)
+    ref = table[done[-1]][EVALUATORS[0]]
+    knobs = sorted(search.spec.space, key=lambda k: -ref.get(k, 0.0))
+    n, width = len(done), 0.8 / len(done)
+    cmap = plt.get_cmap("viridis")
+    height = 0.9 + 0.55 * len(knobs) * max(1, n / 2)
+    fig, axes = plt.subplots(1, len(EVALUATORS), figsize=(5.2 * len(EVALUATORS), height), sharey=True,
+                             squeeze=False)
+    for ax, ev in zip(axes[0], EVALUATORS):
+        for i, label in enumerate(done):
+            vals = [table[label][ev].get(k, 0.0) for k in knobs]
+            ys = [y - 0.4 + width * (i + 0.5) for y in range(len(knobs))]
+            ax.barh(ys, vals, height=width, color=cmap(i / max(n - 1, 1) * 0.85),
+                    label=f"{label} (n={table[label]['n']})")
+        ax.set_yticks(range(len(knobs)), knobs)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("importance (normalised, sums to 1)")
+        ax.set_title(ev)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    skipped = [f"{label}: {row['reason']}" for label, row in table.items() if row[EVALUATORS[0]] is None]
+    title = f"Knob importance for {search.metric} — '{search.name}'"
+    if skipped:
+        title += "\nno importance for " + "; ".join(skipped)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_slice(search: Search, path: Path) -> tuple[bool, str | None]:
+    plt = _plt()
+    import matplotlib
+    import matplotlib.ticker
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.lines import Line2D
+    from optuna.visualization.matplotlib import plot_slice as optuna_slice
+
+    study = finished_study(search)
+    if not study.trials:
+        return False, "no finished trial has a score"
+    has_early = any(t.constraints.get("early_stopped", 0) > 0 for t in study.trials)
+    with matplotlib.rc_context():
+        axes = np.atleast_1d(optuna_slice(study, target_name=f"{search.metric} (last validation)"))
+        fig = axes[0].figure
+        blues = ListedColormap(plt.get_cmap("Blues")(np.linspace(0.35, 1.0, 256)))
+        for ax in axes:
+            # Optuna draws full-budget trials (colour = trial order) then "infeasible" ones in grey;
+            # here those are the early-stopped trials: hollow orange, as in the learning curves.
+            if len(ax.collections) > 1:
+                ax.collections[1].set_facecolor("none")
+                ax.collections[1].set_edgecolor(STATUS_COLOURS["early_stopped"])
+                ax.collections[1].set_linewidth(1.3)
+            if ax.collections:   # Blues starts at white: keep the first trials visible
+                ax.collections[0].set_cmap(blues)
+            if ax.get_xscale() == "log":
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        for other in fig.axes:
+            if other not in axes:        # Optuna's colour bar
+                other.set_ylabel("trial order (full budget)")
+        fig.suptitle(f"Slice plot — '{search.name}' ({len(study.trials)} finished trials)")
+        handles = [Line2D([], [], marker="o", ls="", color="#4a7fb5", label="full budget (colour = trial order)")]
+        if has_early:
+            handles.append(Line2D([], [], marker="o", ls="", mfc="none", color=STATUS_COLOURS["early_stopped"],
+                                  label="early-stopped (score at the epoch it stopped)"))
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
+        fig.set_size_inches(max(6.0, 3.4 * len(axes)), 4.2)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    return True, None
+
+
+def plot_parallel(search: Search, path: Path) -> tuple[bool, str | None]:
+    plt = _plt()
+    import matplotlib
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    study = finished_study(search)
+    if len(study.trials) < 2:
+        return False, f"{len(study.trials)} finished trial(s); a parallel-coordinate plot needs 2"
+    with matplotlib.rc_context():
+        ax = plot_parallel_coordinate(study, target_name=search.metric)
+        legend = ax.get_legend()
+        if legend is not None:   # Optuna labels the constraint "Feasible/Infeasible"; say what it means here
+            for text in legend.get_texts():
+                text.set_text({"Feasible": "full budget", "Infeasible": "early-stopped"}.get(text.get_text(),
+                                                                                           text.get_text()))
+        fig = ax.figure
+        fig.set_size_inches(max(7.0, 1.6 * len(search.spec.space) + 2), 4.6)
+        ax.set_title("")
+        fig.suptitle(f"Parallel coordinates — '{search.name}' (score at each trial's last validation)",
+                     fontsize=10, y=1.04)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    return True, None
+
+
+def plot_learning_curves(search: Search, path: Path) -> tuple[bool, str | None]:
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    curves = [t for t in search.trials if t.curve]
+    if not curves:
+        return False, "no trial reported a validation"
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for t in curves:
+        steps = sorted(t.curve)
+        colour = STATUS_COLOURS.get(t.status, "tab:gray")
+        ax.plot(steps, [t.curve[s] for s in steps], marker="o", ms=3, lw=1.3, color=colour, alpha=0.8)
+        if t.status == "failed":
+            ax.plot(steps[-1], t.curve[steps[-1]], marker="x", ms=9, color=colour)
+    for i, step in enumerate(rung_steps(search.spec)):
+        ax.axvline(step, color="0.4", ls="--", lw=0.9)
+        ax.annotate(f"rung {i + 1}", (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=8, color="0.3")
+    ax.axvline(search.max_t, color="0.2", ls=":", lw=0.9)
+    counts = search.counts()
+    ax.legend(handles=[Line2D([], [], color=c, marker="o", ms=3, label=f"{s.replace('_', '-')} ({counts[s]})")
+                       for s, c in STATUS_COLOURS.items() if counts[s]], fontsize=8, loc="lower right")
+    unit = "epoch" if search.spec.base["budget"].get("val_every", 1) == 1 else "validation"
+    ax.set_xlabel(f"{unit} (dashed: ASHA rungs, dotted: full budget)")
+    ax.set_ylabel(search.metric)
+    ax.set_xticks(range(1, search.max_t + 1))
+    ax.set_title(f"Learning curves — '{search.name}'")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True, None
+
+
+# --- leaderboard and HTML -----------------------------------------------------------------------
+
+def leaderboard(search: Search) -> list[dict]:
+    """Same order as the search's printed leaderboard: full-budget trials first, then by best score."""
+    sign = 1 if search.mode == "max" else -1
+    rows = []
+    for t in search.trials:
+        best = t.best_value(search.mode) if t.status != "failed" else None
+        rows.append({"trial": t.trial_id, "status": t.status, "epochs": t.last_step, "best": best,
+                     "last": t.last_value, **{k: display_value(t.params.get(k)) for k in search.spec.space}})
+    rows.sort(key=lambda r: (r["status"] != "completed", r["best"] is None, -sign * (r["best"] or 0.0)))
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{color:#8a4b00;background:#fff6e5;padding:.4em .8em}
+code{background:#f4f4f4;padding:0 3px}"""
+
+
+def render_html(search: Search, table: dict, figures: dict[str, Path], missing: dict[str, str]) -> str:
+    s, c = search.spec, search.counts()
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ctxtune report — {html.escape(search.name)}"
+             f"</title><style>{CSS}</style></head><body>",
+             f"<h1>Knob sensitivity — search '{html.escape(search.name)}'</h1>",
+             f"<p>{len(search.trials)} trials: {c['completed']} at full budget ({s.scheduler.max_t} validations), "
+             f"{c['early_stopped']} early-stopped, {c['failed']} failed"
+             + (f", {c['unfinished']} unfinished" if c["unfinished"] else "")
+             + f". Metric <code>{html.escape(search.metric)}</code> ({s.scheduler.mode}); sampler "
+             f"{s.search.sampler}, scheduler {s.scheduler.name}"
+             + (f" (rungs at {', '.join(map(str, rung_steps(s)))})" if rung_steps(s) else "")
+             + f". Trials rebuilt from the {html.escape(search.source)}.</p>"]
+    for note in search.notes:
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+
+    parts.append("<h2>Knob importance</h2><p>Optuna's PED-ANOVA (default evaluator in Optuna 5: which knob "
+                 "values the best trials share) and fANOVA (variance of the score explained by each knob), "
+                 "computed over the full-budget trials and over the trials that reached each ASHA rung, "
+                 "scored at that rung. A knob whose rank changes between rungs and the full budget "
+                 "behaves differently in short and long training.</p>")
+    for label, row in table.items():
+        if row["reason"]:
+            parts.append(f"<p class='note'>No importance for {html.escape(label)}: {html.escape(row['reason'])}.</p>")
+    if "importance" in figures:
+        parts.append(_img(figures["importance"], "knob importance"))
+    done = [label for label, row in table.items() if row[EVALUATORS[0]] is not None]
+    if done:
+        for ev in EVALUATORS:
+            rows = []
+            for knob in s.space:
+                cells = [knob]
+                for label in done:
+                    imp = table[label][ev]
+                    rank = list(imp).index(knob) + 1 if knob in imp else None
+                    cells.append(f"{imp.get(knob, 0.0):.3f} (#{rank})" if rank else "–")
+                rows.append(cells)
+            rows.sort(key=lambda r: float(r[-1].split()[0]) if r[-1] != "–" else 0.0, reverse=True)
+            parts.append(f"<h3>{ev}</h3>" + _table(["knob", *[f"{lb} (n={table[lb]['n']})" for lb in done]], rows))
+
+    for key, title in (("slice", "Slice plots"), ("parallel_coordinate", "Parallel coordinates"),
+                       ("learning_curves", "Learning curves")):
+        parts.append(f"<h2>{title}</h2>")
+        if key in figures:
+            parts.append(_img(figures[key], title))
+        else:
+            parts.append(f"<p class='note'>Not drawn: {html.escape(missing.get(key, 'no data'))}.</p>")
+
+    parts.append("<h2>Leaderboard</h2><p>Full-budget trials first, then by best score over the epochs each trial "
+                 "ran (early-stopped scores are at a shorter budget).</p>")
+    keys = list(s.space)
+    rows = [[r["rank"], r["trial"], *[r[k] for k in keys], r["best"], r["last"], r["epochs"],
+             r["status"].replace("_", "-")] for r in leaderboard(search)]
+    parts.append(_table(["rank", "trial", *keys, f"best {search.metric}", "last", "epochs", "status"], rows))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# --- the report --------------------------------------------------------------------------------
+
+def build(search: Search, out: Path, min_trials: int = 5, ped_target_quantile: float | None = None) -> dict:
+    """Write the PNGs and report.html into `out`; returns what was made and what is missing."""
+    _optuna_quiet()
+    out.mkdir(parents=True, exist_ok=True)
+    table = importance_table(search, min_trials, ped_target_quantile)
+    figures: dict[str, Path] = {}
+    missing: dict[str, str] = {}
+    if plot_importance(search, table, out / "importance.png"):
+        figures["importance"] = out / "importance.png"
+    for key, fn in (("slice", plot_slice), ("parallel_coordinate", plot_parallel),
+                    ("learning_curves", plot_learning_curves)):
+        ok, why = fn(search, out / f"{key}.png")
+        if ok:
+            figures[key] = out / f"{key}.png"
+        else:
+            missing[key] = why
+    page = out / "report.html"
+    page.write_text(render_html(search, table, figures, missing), encoding="utf-8")
+    return {"html": page, "figures": figures, "missing": missing, "importance": table}
+
+
+def log_to_mlflow(search: Search, made: dict) -> str | None:
+    """Log report.html and the PNGs under report/ of the parent run; returns the run id or None."""
+    if not search.parent_run_id or not search.tracking_uri:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=search.tracking_uri)
+    for path in [made["html"], *made["figures"].values()]:
+        client.log_artifact(search.parent_run_id, str(path), "report")
+    return search.parent_run_id
+
+
+def _summary_lines(search: Search, made: dict) -> list[str]:
+    c = search.counts()
+    lines = [f"report '{search.name}': {len(search.trials)} trials ({c['completed']} full budget, "
+             f"{c['early_stopped']} early-stopped, {c['failed']} failed) from the {search.source}"]
+    for label, row in made["importance"].items():
+        if row["reason"]:
+            lines.append(f"importance missing for {label}: {row['reason']}")
+        else:
+            for ev in EVALUATORS:
+                ranked = " > ".join(f"{k} {v:.2f}" for k, v in list(row[ev].items())[:4])
+                lines.append(f"importance {ev} {label} (n={row['n']}): {ranked}")
+    return lines
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        search = locate(args.search, args.storage_path, args.tracking_uri, args.space)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.out:
+        out = Path(args.out)
+    elif search.exp_dir is not None:
+        out = search.exp_dir / "report"
+    else:
+        out = Path(f"report-{search.name}")
+    made = build(search, out, args.min_trials, args.ped_quantile)
+    for line in _summary_lines(search, made):
+        print(line)
+    where = f"wrote {made['html']} (+{len(made['figures'])} PNGs)"
+    if not args.no_mlflow:
+        try:
+            run_id = log_to_mlflow(search, made)
+            if run_id:
+                where += f"; logged under report/ of MLflow run {run_id} ({search.tracking_uri})"
+        except Exception as exc:  # noqa: BLE001 - the files on disk are the report; MLflow is a copy
+            print(f"warning: could not log the report to MLflow ({type(exc).__name__}: {exc})", file=sys.stderr)
+    print(where)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
