@@ -324,10 +324,20 @@ def run(spec: SpaceFile, args: argparse.Namespace) -> int:
         client.set_terminated(parent_id, "FINISHED")
     except Exception as exc:  # noqa: BLE001 - the search itself succeeded
         print(f"warning: could not write the leaderboard to MLflow ({exc})", file=sys.stderr)
-    print(f"\nopen the runs: mlflow ui --backend-store-uri {uri}   (experiment '{name}')")
+    print(f"\n{ui_hint(uri, experiment_id)}")
     if not args.no_report:
         _maybe_report(spec, exp_dir)
     return 0
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """How to look at the runs. `workflowType=machine_learning` makes MLflow 3.17's UI open the runs
+    table (with the nested trials) instead of its GenAI overview."""
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"open the runs: {uri.rstrip('/')}/{page}"
+    return (f"open the runs: mlflow ui --backend-store-uri {uri}\n"
+            f"               then http://127.0.0.1:5000/{page}")
 
 
 def _maybe_report(spec: SpaceFile, exp_dir: Path) -> None:
