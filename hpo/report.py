@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -366,6 +367,11 @@ def _summary_lines(search: Search, made: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # An unreachable tracking server should cost seconds, not MLflow's default minutes of retries
+    # (same settings as hpo.search).
+    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0"),
+                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
+        os.environ.setdefault(key, value)
     try:
         search = locate(args.search, args.storage_path, args.tracking_uri, args.space)
     except ReportError as err:

@@ -1,7 +1,9 @@
 """What `hpo.report` reads: locate a finished search, rebuild its trials, compute knob importance.
 
 A search is found by name (under `--storage-path`, default ./ray_results), by its Ray results
-directory, or by its MLflow parent run id. Its trials are rebuilt, in this order of preference,
+directory, or by its MLflow parent run id. Its space file is the copy logged to the MLflow parent
+run when the search started (space.yaml + base_config.yaml): the file on disk may have been edited
+since; the path recorded in ctxtune_search.json is the fallback, `--space` overrides both. Its trials are rebuilt, in this order of preference,
 from the Optuna journal beside the Ray results (it already holds params, intermediate values and
 PRUNED/FAIL states), from Ray's per-trial `params.json`/`result.json`, or — when the Ray results
 are not on this machine — from the MLflow nested runs. All three end as the same `TrialRecord`
@@ -132,10 +134,22 @@ def _from_exp_dir(exp_dir: Path, tracking_uri: str | None, space: str | None) ->
             state = json.loads((exp_dir / STATE_FILE).read_text())
         except ValueError:
             raise ReportError(f"SEARCH: {exp_dir / STATE_FILE} is not valid JSON") from None
-    space_path = space or state.get("space")
-    if not space_path:
-        raise ReportError(f"--space: {exp_dir} does not record its space file; pass --space SPACE.yaml")
-    spec = _load_spec(space_path, "--space" if space else f"{STATE_FILE}.space")
+    notes: list[str] = []
+    uri = tracking_uri or state.get("tracking_uri")
+    spec = None
+    if not space and state.get("parent_run_id") and uri:
+        # The copy logged when the search started is what actually ran; the file on disk may
+        # have been edited since (budget, rungs, ranges).
+        try:
+            spec = _spec_from_run(_mlflow_client(uri)[0], state["parent_run_id"])
+        except Exception as exc:  # noqa: BLE001 - fall back to the file the state names
+            notes.append(f"space file read from {state.get('space')}, not from the MLflow parent run "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    if spec is None:
+        space_path = space or state.get("space")
+        if not space_path:
+            raise ReportError(f"--space: {exp_dir} does not record its space file; pass --space SPACE.yaml")
+        spec = _load_spec(space_path, "--space" if space else f"{STATE_FILE}.space")
     name = exp_dir.name
     journal = exp_dir / JOURNAL_FILE
     trials, source = None, ""
@@ -145,9 +159,13 @@ def _from_exp_dir(exp_dir: Path, tracking_uri: str | None, space: str | None) ->
     if not trials:
         trials = records_from_ray(exp_dir, spec)
         source = "Ray results"
+    longest = max((t.last_step for t in trials), default=0)
+    if longest > int(spec.scheduler.max_t):
+        notes.append(f"the space file does not match the recorded trials: a trial ran {longest} validations "
+                     f"but scheduler.max_t is {spec.scheduler.max_t} (edited since the search? pass --space "
+                     f"with the file the search used)")
     return Search(name=name, spec=spec, trials=trials, source=f"{source} ({exp_dir})", exp_dir=exp_dir,
-                  parent_run_id=state.get("parent_run_id"),
-                  tracking_uri=tracking_uri or state.get("tracking_uri"))
+                  parent_run_id=state.get("parent_run_id"), tracking_uri=uri, notes=notes)
 
 
 def _load_spec(path: str, key: str) -> SpaceFile:
@@ -197,6 +215,9 @@ def _from_mlflow_run(run_id: str, tracking_uri: str | None, space: str | None) -
 def _spec_from_run(client, run_id: str) -> SpaceFile:
     """The space file the parent run logged, with its base replaced by the logged base config
     (a relative `base:` path would not resolve next to a downloaded artifact)."""
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             space = yaml.safe_load(Path(client.download_artifacts(run_id, "space.yaml", tmp)).read_text())

@@ -104,7 +104,10 @@ def write_search(tmp_path: Path, name: str, trials: list[dict], journal: bool = 
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp else client.create_experiment(name)
-        state["parent_run_id"] = client.create_run(exp_id, run_name=name, tags={"ctxtune.search": name}).info.run_id
+        pid = client.create_run(exp_id, run_name=name, tags={"ctxtune.search": name}).info.run_id
+        client.log_text(pid, space_path.read_text(), "space.yaml")       # as hpo.search does
+        client.log_text(pid, dump_yaml(yaml.safe_load(space_path.read_text())["base"]), "base_config.yaml")
+        state["parent_run_id"] = pid
     (exp_dir / STATE_FILE).write_text(json.dumps(state))
     dists = distributions(tmp_path, space)
     if journal:
@@ -226,6 +229,26 @@ def test_too_few_trials_still_renders_and_says_why(tmp_path, capsys):
     assert len(page.images) == 3                     # slice, parallel coordinate, learning curves
     assert not (out_dir / "importance.png").exists()
     assert not (exp_dir / "report").exists()         # --out was honoured
+
+
+def test_space_file_edited_after_the_search(tmp_path, capsys):
+    """The report reads the space the search ran with (logged to MLflow), not today's file."""
+    trials = synthetic_trials(distributions(tmp_path), lambda p: 20 * p["optim.momentum"], n=8)
+    n_complete = sum(t["state"] == TrialState.COMPLETE for t in trials)
+    for parent in (True, False):
+        (tmp_path / str(parent)).mkdir()
+        exp_dir = write_search(tmp_path / str(parent), "edited", trials, parent=parent)
+        space_path = Path(json.loads((exp_dir / STATE_FILE).read_text())["space"])
+        doc = yaml.safe_load(space_path.read_text())
+        doc["scheduler"]["max_t"] = 2                      # edited after the search ran 3 validations
+        space_path.write_text(yaml.safe_dump(doc))
+        found = locate(str(exp_dir))
+        if parent:
+            assert found.spec.scheduler.max_t == MAX_T and found.counts()["completed"] == n_complete
+            assert not found.notes
+        else:   # no frozen copy to read: the mismatch is said, not silently misread
+            assert found.spec.scheduler.max_t == 2
+            assert any("ran 3 validations but scheduler.max_t is 2" in n for n in found.notes)
 
 
 def test_ray_results_rebuild_matches_the_journal(tmp_path, capsys):
