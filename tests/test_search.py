@@ -52,7 +52,8 @@ def child_runs(tmp_path: Path, name: str):
     return client, exp, parent, children
 
 
-def test_demo_search_end_to_end(ray_local, tiny_data, tmp_path, capsys):
+def test_demo_search_end_to_end(ray_local, tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)          # MLflow's sqlite store puts artifacts in ./mlruns
     space = write_space(tmp_path, tiny_data, "e2e")
     assert search.main([str(space), "--no-report"]) == 0
     out = capsys.readouterr().out
@@ -114,7 +115,8 @@ def finished_trial_runs(db: Path) -> int:
     return sum("ray_trial_id" in r.data.tags for r in runs)
 
 
-def test_interrupted_search_resumes_without_loss_or_duplicates(ray_local, tiny_data, tmp_path):
+def test_interrupted_search_resumes_without_loss_or_duplicates(ray_local, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     import signal
     import subprocess
     import sys
