@@ -15,6 +15,20 @@ Choices:
 - mIoU and pixel accuracy are reported in percent ("mIoU points").
 - A non-finite loss stops the run at once with `DivergenceError` (a search records the trial as
   failed and goes on).
+
+Runtime (`runtime.*`, resolved by `resolve_runtime`; "auto" = on for a CUDA run, off on CPU):
+- `amp`: auto -> bf16 on GPU (no loss scaling needed: bf16 has fp32's exponent range); fp16 runs
+  with a GradScaler; CPU stays fp32 unless asked (bf16 autocast is slower than fp32 on CPUs without
+  AMX). `channels_last`: model and input batches in NHWC (tensor-core convs want it).
+  `cudnn_benchmark`: auto -> on for CUDA unless `runtime.deterministic` (autotuning may pick
+  non-deterministic kernels). Host->device copies are non-blocking on CUDA (the loaders pin memory
+  when a GPU is visible). `compile`: opt-in `torch.compile` of the forward (minutes of compile time
+  on paper-size models: worth it for long runs, not for short search trials).
+- The train and val loaders are built once per Trainer, so `data.workers > 0` workers really
+  persist across epochs (a fresh DataLoader per epoch would fork them anew). The training sampler's
+  generator is re-seeded at each epoch start; the loaders' own worker base seeds come from a
+  separate generator, so the batches of an epoch do not depend on how many epochs this process
+  has run (a resumed run sees the same batches) and validation never touches the global RNG.
 """
 
 from __future__ import annotations
@@ -71,6 +85,29 @@ def _auto(value, default: bool) -> bool:
     return default if value == "auto" else bool(value)
 
 
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """`runtime.*` resolved for one device ("auto" replaced by what that device wants)."""
+    amp_dtype: torch.dtype | None      # autocast dtype; None = fp32
+    grad_scaler: bool                  # fp16 needs loss scaling, bf16 does not
+    channels_last: bool
+    cudnn_benchmark: bool | None       # None: not a CUDA run, cuDNN left alone
+    non_blocking: bool                 # host->device copies (CUDA only)
+    compile: bool
+
+
+def resolve_runtime(cfg: dict, device: torch.device | str) -> RuntimeSettings:
+    """What the training loop does on `device` for this run config (testable without a GPU)."""
+    rt = normalize(cfg)["runtime"]
+    on_gpu = torch.device(device).type == "cuda"
+    amp = rt["amp"] if rt["amp"] != "auto" else ("bf16" if on_gpu else "off")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    return RuntimeSettings(amp_dtype=dtype, grad_scaler=dtype is torch.float16,
+                           channels_last=_auto(rt["channels_last"], on_gpu),
+                           cudnn_benchmark=_auto(rt["cudnn_benchmark"], not rt["deterministic"]) if on_gpu else None,
+                           non_blocking=on_gpu, compile=bool(rt["compile"]))
+
+
 class Trainer:
     def __init__(self, cfg: dict, log: Callable[[str], None] = print):
         self.cfg = cfg = normalize(cfg)
@@ -82,22 +119,27 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         seed_everything(cfg["seed"])
         self.device = resolve_device(cfg)
-        on_gpu = self.device.type == "cuda"
-        amp = rt["amp"] if rt["amp"] != "auto" else ("bf16" if on_gpu else "off")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
-        self.channels_last = _auto(rt["channels_last"], on_gpu)
-        if on_gpu:
-            torch.backends.cudnn.benchmark = _auto(rt["cudnn_benchmark"], True)
+        self.runtime = run = resolve_runtime(cfg, self.device)
+        self.amp_dtype = run.amp_dtype
+        self.channels_last = run.channels_last
+        if run.cudnn_benchmark is not None:
+            torch.backends.cudnn.benchmark = run.cudnn_benchmark
 
         self.data = datasets.build(cfg)
+        # Built once (see the module docstring): persistent workers, per-epoch re-seeded sampler.
+        self._epoch_gen = torch.Generator()
+        self._train_dl = self.data.train_loader(generator=self._epoch_gen)
+        self._train_dl.generator = torch.Generator().manual_seed(cfg["seed"])   # worker base seeds only
+        self._val_dl = self.data.val_loader()
+        self._val_dl.generator = torch.Generator().manual_seed(cfg["seed"])
         self.model: nn.Module = build_model(cfg).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if rt["compile"] else self.model
+        self.forward = torch.compile(self.model) if run.compile else self.model
         o = cfg["optim"]
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o["lr"], momentum=o["momentum"],
                                          weight_decay=o["weight_decay"])
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.grad_scaler)
 
         self.steps_per_epoch = cfg["budget"]["iters_per_epoch"] or len(self._train_loader(0))
         self.total_steps = self.steps_per_epoch * cfg["budget"]["epochs"]
@@ -109,11 +151,12 @@ class Trainer:
 
     # --- data -------------------------------------------------------------------------------
     def _train_loader(self, epoch: int):
-        gen = torch.Generator().manual_seed(self.cfg["seed"] * 1000 + epoch)
-        return self.data.train_loader(generator=gen)
+        """The training loader, its shuffle/augmentation stream set to epoch `epoch`."""
+        self._epoch_gen.manual_seed(self.cfg["seed"] * 1000 + epoch)
+        return self._train_dl
 
     def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        nb = self.device.type == "cuda"
+        nb = self.runtime.non_blocking
         image = batch["image"].to(self.device, non_blocking=nb)
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
@@ -167,7 +210,7 @@ class Trainer:
         cm = ConfusionMatrix(self.data.num_classes, ignore_index=self.data.ignore_index, device=self.device)
         samples = []
         crop = tuple(self.cfg["data"]["crop"]) if ev["sliding"] else None
-        for batch in self.data.val_loader():
+        for batch in self._val_dl:
             image, label = self._to_device(batch)
             with self._autocast():
                 if tta or crop:
