@@ -246,6 +246,9 @@ class MLflowSearchLogger(Callback):
 
     def on_experiment_end(self, trials, **info):
         drained = self.flush(deadline_s=120.0)
+        if self._blocked_since is not None:      # still down: count the time so far
+            self.delayed_seconds += time.monotonic() - self._blocked_since
+            self._blocked_since = None
         if self.delayed_ops:
             print(f"MLflow was unreachable for {self.delayed_seconds:.0f} s: {self.delayed_ops} failed "
                   f"attempt(s) waited in the queue; " + ("all calls written" if drained else

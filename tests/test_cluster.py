@@ -61,12 +61,12 @@ def spawn(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None =
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
 
 
-def stop(*procs: subprocess.Popen, timeout_s: float = 60) -> None:
-    """SIGTERM each process group (all at once: shutdowns overlap), SIGKILL what outlives the wait."""
+def stop(*procs: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60) -> None:
+    """Signal each process group (all at once: shutdowns overlap), SIGKILL what outlives the wait."""
     for proc in procs:
         if proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.killpg(proc.pid, sig)
             except ProcessLookupError:
                 pass
     for proc in procs:
@@ -109,9 +109,9 @@ class MlflowServer:
     def start(self) -> "MlflowServer":
         return self.spawn().ready()
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None:
-            stop(self.proc)
+            stop(self.proc, sig=sig)
         self.proc = None
 
 
@@ -227,7 +227,7 @@ def test_search_on_two_node_cluster_logs_to_tracking_server(tiny_data, tmp_path,
         # (HOME elsewhere: no ~/.ray/auth_token of this machine's own local Ray to fall back on.)
         no_token = {k: v for k, v in search_env().items() if not k.startswith("RAY_AUTH")}
         refused_log = tmp_path / "refused.log"
-        refused = spawn(search_cmd(space, "--address", cluster.address), refused_log,
+        refused = spawn(search_cmd(space, "--address", cluster.address, "--name", "refused"), refused_log,
                         env={**no_token, "HOME": str(tmp_path)}, cwd=tmp_path)
         log = tmp_path / "search.log"
         driver = spawn(search_cmd(space, "--address", cluster.address, "--tracking-uri", mlflow_server.uri),
