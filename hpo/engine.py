@@ -48,6 +48,7 @@ from torch import nn
 
 import datasets
 from datasets.inference import predict_logits
+from datasets.transforms import denormalize
 from datasets.metrics import ConfusionMatrix
 from models import build_model, seg_loss
 
@@ -225,7 +226,7 @@ class Trainer:
             pred = logits.argmax(1)
             cm.update(pred, label)
             for i in range(min(keep - len(samples), image.shape[0])):
-                samples.append((_denormalize(batch["image"][i]), pred[i].cpu().numpy(), label[i].cpu().numpy()))
+                samples.append((denormalize(batch["image"][i]), pred[i].cpu().numpy(), label[i].cpu().numpy()))
         res = cm.compute()
         names = self.data.class_names
         per_class = {n: float(v) * 100 for n, v in zip(names, res["per_class_iou"])}
@@ -302,13 +303,3 @@ def _np_state() -> dict:
 
 def _py_state() -> list[int]:
     return list(random.getstate()[1])
-
-
-_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-def _denormalize(image: torch.Tensor) -> np.ndarray:
-    """Normalised CHW float tensor -> HWC uint8 RGB (for overlays)."""
-    arr = image.float().cpu().numpy().transpose(1, 2, 0) * _STD + _MEAN
-    return np.clip(arr * 255, 0, 255).astype(np.uint8)

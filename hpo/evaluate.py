@@ -32,7 +32,8 @@ def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | No
     from datasets.export import export_cityscapes, overlay
     from datasets.inference import predict_logits
     from datasets.metrics import ConfusionMatrix
-    from hpo.engine import _denormalize, load_model_weights, resolve_device
+    from datasets.transforms import denormalize
+    from hpo.engine import load_model_weights, resolve_device
     from models import build_model
 
     device = resolve_device(cfg)
@@ -57,7 +58,7 @@ def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | No
             for i, name in enumerate(batch["name"]):
                 p = pred[i].cpu().numpy().astype(np.uint8)
                 export_cityscapes(p, name, out / "labelIds")
-                pic = overlay(_denormalize(batch["image"][i]), p, data.palette)
+                pic = overlay(denormalize(batch["image"][i]), p, data.palette)
                 (out / "overlays").mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(out / "overlays" / (Path(name).stem + ".png")), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
     res = cm.compute()
