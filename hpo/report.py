@@ -98,11 +98,11 @@ def plot_importance(search: Search, table: dict, path: Path) -> bool:
             ax.barh(ys, vals, height=width, color=cmap(i / max(n - 1, 1) * 0.85),
                     label=f"{label} (n={table[label]['n']})")
         ax.set_yticks(range(len(knobs)), knobs)
-        ax.invert_yaxis()
         ax.set_xlim(0, 1)
         ax.set_xlabel("importance (normalised, sums to 1)")
         ax.set_title(ev)
         ax.grid(axis="x", alpha=0.3)
+    axes[0][0].invert_yaxis()   # most important knob on top (the y axis is shared: invert once)
     axes[0][-1].legend(loc="lower right", fontsize=8)
     skipped = [f"{label}: {row['reason']}" for label, row in table.items() if row[EVALUATORS[0]] is None]
     title = f"Knob importance for {search.metric} — '{search.name}'"
