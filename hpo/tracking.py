@@ -245,6 +245,11 @@ class MLflowSearchLogger(Callback):
         self._submit(finish)
 
     def on_experiment_end(self, trials, **info):
+        # A trial Ray restored as already ended after a killed driver gets no event: close its run
+        # if the killed driver's queue never did.
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR") and trial.trial_id not in self.finished:
+                self._finish(trial, errored=trial.status == "ERROR")
         drained = self.flush(deadline_s=120.0)
         if self._blocked_since is not None:      # still down: count the time so far
             self.delayed_seconds += time.monotonic() - self._blocked_since
