@@ -229,7 +229,7 @@ def main(argv=None) -> int:
 
     from datasets.synthetic import ensure
 
-    command = "python -m benchmarks.overhead " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ("python -m benchmarks.overhead " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     rows = []
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="ctxtune-overhead-") as tmp:

@@ -251,7 +251,7 @@ def main(argv=None) -> int:
 
     from datasets.synthetic import ensure
 
-    command = "python -m benchmarks.search_efficiency " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ("python -m benchmarks.search_efficiency " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     load0 = os.getloadavg()[0]
     t_start = time.perf_counter()
     runs = []

@@ -3,6 +3,7 @@
     python -m benchmarks.train_throughput                       # CPU: toy presets, 128x128, batch 2
     python -m benchmarks.train_throughput --device cuda         # GPU: paper presets, 512x512, batch 8
     python -m benchmarks.train_throughput --device cuda --compile   # + opt-in torch.compile
+    ... --write        # also replace this device's section of benchmarks/RESULTS.md
 
 What one step is: the body of `hpo.engine.Trainer.train_epoch` — host->device copy of a batch, forward
 under the run's autocast, `models.seg_loss` (main + aux terms), GradScaler-wrapped backward, SGD
@@ -29,16 +30,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from hpo.engine import RuntimeSettings, resolve_runtime
 from models import build_model, model_names, preset, seg_loss
 
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADING = "## Training throughput ({}): fp32 eager vs tuned runtime defaults"
 EAGER = {"amp": "off", "channels_last": False, "cudnn_benchmark": False, "compile": False}
 GPU_SWITCHES = {"amp": "bf16", "channels_last": True}
 
@@ -167,6 +172,16 @@ def table(rows: list[dict], cuda: bool) -> str:
     return "\n".join(lines)
 
 
+def write_results(heading: str, section: str) -> None:
+    """Replace (or append) this benchmark's section of benchmarks/RESULTS.md."""
+    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
+    start = text.find(heading)
+    if start >= 0:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + (text[end + 1:] if end >= 0 else "")
+    RESULTS.write_text(text.rstrip() + "\n\n" + section.rstrip() + "\n")
+
+
 def _size(text: str) -> tuple[int, int]:
     parts = text.lower().replace("x", ",").split(",")
     try:
@@ -192,6 +207,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: the main thread's CPU time (needs --device cpu --threads 1; steady on a busy machine)")
+    p.add_argument("--write", action="store_true", help="replace this device's section of benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -213,23 +229,28 @@ def main(argv=None) -> int:
 
     where = (torch.cuda.get_device_name(device) if cuda
              else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"train throughput, {datetime.date.today()}, {where}, torch {torch.__version__}\n"
-          f"command: python -m benchmarks.train_throughput {' '.join(sys.argv[1:] if argv is None else argv)}\n"
-          f"{args.preset} presets, batch {args.batch} x 3x{args.size[0]}x{args.size[1]}, {args.rounds} rounds x "
-          f"{args.steps} steps after {args.warmup} warm-up steps, {args.clock} clock\n", flush=True)
+    command = ("python -m benchmarks.train_throughput " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    header = (f"{datetime.date.today()}, {where}, torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}. "
+              f"Command: `{command}`. {args.preset} presets, batch {args.batch} x 3x{args.size[0]}x{args.size[1]}, "
+              f"{args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up steps, {args.clock} clock.")
+    print(header + "\n", flush=True)
     rows = []
     for m in models:
         t0 = time.perf_counter()
         rows += bench_model(m, args, device)
         print(f"  {m}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    print(table(rows, cuda))
     if not cuda:
-        print("\nCPU run: the tuned defaults resolve to fp32 eager on CPU (runtime 'auto' = off), so 'tuned' is the "
-              "baseline again; the GPU rows (paper presets, goal >= 2x fp32 eager) are pending a run with "
-              "--device cuda.")
+        note = ("CPU run: the tuned defaults resolve to fp32 eager on CPU (runtime 'auto' = off), so 'tuned' is the "
+                "baseline again (its ratio shows the measurement noise); the GPU rows (paper presets, goal >= 2x fp32 "
+                "eager) are pending a run of `python -m benchmarks.train_throughput --device cuda --write` "
+                "(add `--compile` for the opt-in torch.compile).")
     else:
         worst = min(r["speedup"] for r in rows if r["variant"] == "tuned")
-        print(f"\nslowest tuned speedup: {worst:.2f}x (goal >= 2x fp32 eager)")
+        note = f"Slowest tuned speedup: {worst:.2f}x (goal >= 2x fp32 eager)."
+    print(table(rows, cuda) + "\n\n" + note)
+    if args.write:
+        heading = HEADING.format("GPU" if cuda else "CPU")
+        write_results(heading, "\n".join([heading, "", header, "", table(rows, cuda), "", note]))
     return 0
 
 
