@@ -38,6 +38,7 @@ class HonestOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
         self._feedback = feedback
+        self._reported_step: dict[str, int] = {}   # last step told to Optuna per trial
 
     def restore(self, checkpoint_path: str):
         super().restore(checkpoint_path)
@@ -62,17 +63,19 @@ class HonestOptunaSearch(OptunaSearch):
         if result.get("diverged"):
             return      # the reported metric is a placeholder, not a score
         super().on_trial_result(trial_id, result)
+        self._reported_step[trial_id] = result.get("training_iteration")
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         status = trial_status(result, error, self._max_t)
-        if result and status != "failed" and self.metric in result:
+        if (result and status != "failed" and self.metric in result
+                and self._reported_step.get(trial_id) != result.get("training_iteration")):
             # Tune hands a trial's last result to on_trial_complete, not on_trial_result: record it
             # as an intermediate value too, so a trial stopped at its first rung still has one.
             try:
                 self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
-            except Exception as exc:  # noqa: BLE001 - already reported at this step
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the search
                 logger.debug("report skipped: %s", exc)
         if status == "completed" or (status == "early_stopped" and self._feedback == "complete"):
             return super().on_trial_complete(trial_id, result, error)

@@ -100,6 +100,7 @@ class MLflowSearchLogger(Callback):
         self.logged_step: dict[str, int] = {}   # ray trial id -> last step written
         self.where: dict[str, tuple] = {}       # ray trial id -> (node id, pid) last tagged
         self.finished: set[str] = set()         # trials whose final status was submitted
+        self._restored_checked = False
         self._with_params: set[str] = set()     # trials whose params + config.yaml are written
         self._queue: deque[Callable[[], None]] = deque()
         self._client: MlflowClient | None = None
@@ -112,6 +113,7 @@ class MLflowSearchLogger(Callback):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_client"], state["_queue"], state["_blocked_since"], state["_next_try"] = None, deque(), None, 0.0
+        state["_restored_checked"] = False
         return state
 
     @property
@@ -244,12 +246,19 @@ class MLflowSearchLogger(Callback):
             self.client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
         self._submit(finish)
 
-    def on_experiment_end(self, trials, **info):
-        # A trial Ray restored as already ended after a killed driver gets no event: close its run
-        # if the killed driver's queue never did.
+    def on_step_begin(self, iteration, trials, **info):
+        # A trial Ray restored as already ended (its driver was killed after Ray saved that, before
+        # the MLflow queue closed its run) gets no event: close it once, at the first step. Not at
+        # experiment end: after Ctrl+C Ray reports the running trials as TERMINATED there, and they
+        # are resumed later.
+        if self._restored_checked:
+            return
+        self._restored_checked = True
         for trial in trials:
             if trial.status in ("TERMINATED", "ERROR") and trial.trial_id not in self.finished:
                 self._finish(trial, errored=trial.status == "ERROR")
+
+    def on_experiment_end(self, trials, **info):
         drained = self.flush(deadline_s=120.0)
         if self._blocked_since is not None:      # still down: count the time so far
             self.delayed_seconds += time.monotonic() - self._blocked_since

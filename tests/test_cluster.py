@@ -291,7 +291,7 @@ def test_tracking_server_with_postgresql_backend(tiny_data, tmp_path):
     try:
         subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
                        check=True, capture_output=True, timeout=60)
-        server = MlflowServer(tmp_path, f"postgresql://mlflow@127.0.0.1:{port}/mlflow").start()
+        server = MlflowServer(tmp_path, f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow").start()
         try:
             space = write_space(tmp_path, tiny_data, "pg", server.uri, num_samples=2)
             log = tmp_path / "search.log"
