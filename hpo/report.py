@@ -25,11 +25,11 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import os
 import sys
 import warnings
 from pathlib import Path
 
+from hpo.mlflow_store import fail_fast_http
 from hpo.report_data import (EVALUATORS, ReportError, Search, display_value, finished_study,
                              importance_table, locate, rung_steps)
 
@@ -367,11 +367,7 @@ def _summary_lines(search: Search, made: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # An unreachable tracking server should cost seconds, not MLflow's default minutes of retries
-    # (same settings as hpo.search).
-    for key, value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0"),
-                       ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")):
-        os.environ.setdefault(key, value)
+    fail_fast_http()   # an unreachable tracking server costs seconds, as in hpo.search
     try:
         search = locate(args.search, args.storage_path, args.tracking_uri, args.space)
     except ReportError as err:

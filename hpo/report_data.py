@@ -180,7 +180,7 @@ def _load_spec(path: str, key: str) -> SpaceFile:
 def _mlflow_client(tracking_uri: str | None):
     from mlflow.tracking import MlflowClient
 
-    from hpo.tracking import resolve_tracking_uri
+    from hpo.mlflow_store import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     # Opening a missing sqlite store would quietly create an empty one in the working directory.

@@ -193,16 +193,14 @@ def _join_error(address: str | None, err: Exception) -> str:
 def run(spec: SpaceFile, args: argparse.Namespace) -> int:
     # Per-epoch checkpoints of short toy trials trip Ray's snapshot-frequency warning constantly.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # An unreachable tracking server must fail fast into the MLflow logger's queue: MLflow's own
-    # defaults (7 retries, exponential backoff factor 2, 120 s timeout) block the driver loop -
-    # and with it every trial's results and checkpoints - for minutes per call.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # An unreachable tracking server must fail fast into the MLflow logger's queue, not block the
+    # driver loop (and with it every trial's results and checkpoints) for minutes per call.
+    from hpo.mlflow_store import fail_fast_http
+
+    fail_fast_http()
     import logging
     import warnings
 
-    import mlflow
     import optuna
     import ray
     from mlflow.tracking import MlflowClient
@@ -212,6 +210,7 @@ def run(spec: SpaceFile, args: argparse.Namespace) -> int:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from hpo import tracking
+    from hpo.mlflow_store import get_or_create_experiment, resolve_tracking_uri
     from hpo.searcher import HonestOptunaSearch
     from hpo.trainable import run_trial
 
@@ -244,9 +243,9 @@ def run(spec: SpaceFile, args: argparse.Namespace) -> int:
         base["runtime"] = dict(base["runtime"], device="cpu")
 
     # MLflow: experiment + parent run (recovered on --resume).
-    uri = tracking.resolve_tracking_uri(spec.experiment.tracking_uri)
+    uri = resolve_tracking_uri(spec.experiment.tracking_uri)
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = tracking.get_or_create_experiment(client, name)
+    experiment_id = get_or_create_experiment(client, name)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if args.resume:
         state = json.loads(state_path.read_text())

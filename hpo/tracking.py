@@ -39,50 +39,20 @@ import logging
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from hpo.config import apply_overrides, dump_yaml, flatten
+from hpo.mlflow_store import log_params
 from hpo.searcher import trial_status
 
 logger = logging.getLogger(__name__)
 
 PER_EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds")
 RETRY_EVERY_S = 2.0       # while the store is unreachable, events retry the queue at most this often
-EXPERIMENT_KIND_TAG = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """Explicit URI, else MLflow's own default (sqlite mlflow.db in the working directory), made
-    absolute so Ray workers, resumed searches and the printed `mlflow ui` hint all agree."""
-    uri = uri or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
-
-
-def get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return client.create_experiment(name, tags=EXPERIMENT_KIND_TAG)
-    if exp.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND_TAG["mlflow.experimentKind"]:
-        client.set_experiment_tag(exp.experiment_id, *next(iter(EXPERIMENT_KIND_TAG.items())))
-    return exp.experiment_id
-
-
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for chunk in _chunks(items, 100):          # MLflow's per-batch limit
-        client.log_batch(run_id, params=chunk)
 
 
 class MLflowSearchLogger(Callback):

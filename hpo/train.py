@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpo.config import ConfigError, dump_yaml, flatten, load_run_config, normalize
+from hpo.mlflow_store import fail_fast_http, get_or_create_experiment, log_params, resolve_tracking_uri
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.json"
@@ -52,7 +53,6 @@ RUN_FILE = "mlflow_run.json"
 MODEL_DIR = "model"
 DEFAULT_EXPERIMENT = "ctxtune-train"
 EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds")
-EXPERIMENT_KIND_TAG = ("mlflow.experimentKind", "custom_model_development")   # MLflow UI: runs table
 
 
 def parse_args(argv=None):
@@ -216,24 +216,6 @@ def train(cfg: dict, out: Path, resume: bool = False, log: Callable[[str], None]
 
 
 # --- MLflow ---------------------------------------------------------------------------------
-def resolve_tracking_uri(uri: str | None) -> str:
-    """Explicit URI or MLflow's default, with a relative sqlite path made absolute (same rule as
-    hpo.tracking, repeated here so hpo.train needs neither Ray nor Optuna)."""
-    import mlflow
-
-    uri = uri or mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    return uri
-
-
-def fail_fast_http() -> None:
-    """A down tracking server should cost seconds, not MLflow's default minutes of backoff per call
-    (hpo.train logs in the training process). Users' own settings win."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
 class WarnOnce:
     """Shared by every tracker of a process: one tracking outage is one warning, not hundreds."""
 
@@ -299,14 +281,10 @@ class RunTracker:
                 return self.run_id
 
         def create():
-            from mlflow.entities import Param
-
             eid = experiment_id or get_or_create_experiment(self.client, experiment or DEFAULT_EXPERIMENT)
             run = self.client.create_run(eid, run_name=run_name, tags=dict(tags or {}))
             rid = run.info.run_id
-            params = [Param(k, str(v)[:6000]) for k, v in flatten(cfg).items()]
-            for i in range(0, len(params), 100):          # MLflow's per-batch limit
-                self.client.log_batch(rid, params=params[i:i + 100])
+            log_params(self.client, rid, flatten(cfg))
             self.client.log_text(rid, dump_yaml(cfg), "config.yaml")
             out.mkdir(parents=True, exist_ok=True)
             write_atomic(run_file, json.dumps({"run_id": rid, "tracking_uri": self.uri}))
@@ -380,13 +358,6 @@ class RunTracker:
                            lambda: register_model(self.client, name, self.run_id, tags))
 
 
-def get_or_create_experiment(client, name: str) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return client.create_experiment(name, tags=dict([EXPERIMENT_KIND_TAG]))
-    return exp.experiment_id
-
-
 def register_model(client, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
     from mlflow.exceptions import MlflowException
 
@@ -405,7 +376,7 @@ def main(argv=None) -> int:
     from hpo.engine import DivergenceError
 
     args = parse_args(argv)
-    fail_fast_http()
+    fail_fast_http(retries=2, timeout_s=30)   # a training process can afford a little patience
     try:
         cfg = load_run_config(args.config)
         if args.seed is not None:

@@ -52,7 +52,6 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 DEPTH_BUDGET = 1296  # total output width the per-conv depth is sized for (9 * 144, Table 2)
 

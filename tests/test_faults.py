@@ -16,7 +16,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 
 from test_cluster import (MlflowServer, assert_complete_history, search_cmd, search_env, spawn, stop, trial_runs,
                           wait_for, write_space)
