@@ -61,9 +61,9 @@ import yaml
 from hpo.config import ConfigError, decode_choice, dump_yaml, get_key, normalize
 from hpo.space import SpaceError, SpaceFile, load_space
 from hpo.mlflow_store import fail_fast_http, resolve_tracking_uri
+from hpo.search import STATE_FILE
 from hpo.train import CHECKPOINT, METRICS, RunTracker, WarnOnce, read_done, read_history, register_model, train
 
-STATE_FILE = "ctxtune_search.json"     # written by hpo.search beside Ray's experiment state
 CHAMPION = "champion"
 POLL_S = 2.0
 

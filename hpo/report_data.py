@@ -44,11 +44,10 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
 from hpo.config import decode_choice
+from hpo.search import JOURNAL_FILE, STATE_FILE
 from hpo.searcher import trial_status
 from hpo.space import SpaceError, SpaceFile, load_space, optuna_distributions
 
-STATE_FILE = "ctxtune_search.json"      # same name hpo.search writes
-JOURNAL_FILE = "optuna_journal.log"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 EVALUATORS = ("PED-ANOVA", "fANOVA")
 STATUSES = ("completed", "early_stopped", "failed", "unfinished")

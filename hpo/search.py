@@ -23,7 +23,10 @@ from pathlib import Path
 from hpo.config import ConfigError, apply_overrides, dump_yaml, get_key
 from hpo.space import SpaceError, SpaceFile, encoded_points, load_space, make_sampler, optuna_distributions
 
-STATE_FILE = "ctxtune_search.json"   # beside Ray's experiment state: parent run id, tracking URI
+# Beside Ray's experiment state: the parent run id and tracking URI (read by promote and report),
+# and the Optuna study.
+STATE_FILE = "ctxtune_search.json"
+JOURNAL_FILE = "optuna_journal.log"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -275,7 +278,7 @@ def run(spec: SpaceFile, args: argparse.Namespace) -> int:
         searcher = HonestOptunaSearch(
             space=optuna_distributions(spec), metric=sched.metric, mode=sched.mode,
             points_to_evaluate=encoded_points(spec) or None, sampler=make_sampler(spec),
-            study_name=name, storage=JournalStorage(JournalFileBackend(str(exp_dir / "optuna_journal.log"))),
+            study_name=name, storage=JournalStorage(JournalFileBackend(str(exp_dir / JOURNAL_FILE))),
             max_t=max_t, feedback=spec.search.feedback)
         scheduler = (ASHAScheduler(time_attr=sched.time_attr, max_t=max_t, grace_period=sched.grace_period,
                                    reduction_factor=sched.reduction_factor)
