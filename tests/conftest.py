@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,25 @@ def tiny_run_config(data_root: Path, **overrides) -> dict:
     for key, value in overrides.items():
         set_key(cfg, key, value)
     return cfg
+
+
+POLL_S = 0.5   # how often wait_for looks again
+
+
+def wait_for(condition, timeout_s: float, what: str, proc: subprocess.Popen | None = None,
+             log: Path | None = None, fail: bool = True):
+    """Poll `condition` until it returns something truthy, with a deadline. Fails naming `what`
+    (and the log tail) when it runs out or `proc` exits; with fail=False returns the last value."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        tail = log.read_text()[-3000:] if log and log.is_file() else ""
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what}: process exited with {proc.returncode}\n{tail}")
+        if time.monotonic() > deadline:
+            if fail:
+                pytest.fail(f"timed out waiting for {what}\n{tail}")
+            return value
+        time.sleep(POLL_S)

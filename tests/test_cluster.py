@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, tiny_run_config
+from conftest import REPO, tiny_run_config, wait_for
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -38,21 +37,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(condition, timeout_s: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    """Poll `condition` until it returns something truthy; fail naming `what` (and the log tail)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        tail = log.read_text()[-3000:] if log and log.is_file() else ""
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"{what}: process exited with {proc.returncode}\n{tail}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}\n{tail}")
-        time.sleep(0.5)
 
 
 def spawn(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:

@@ -17,8 +17,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import wait_for
 from test_cluster import (MlflowServer, assert_complete_history, search_cmd, search_env, spawn, stop, trial_runs,
-                          wait_for, write_space)
+                          write_space)
 
 pytestmark = pytest.mark.slow
 
@@ -136,9 +137,7 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tiny_data, tmp_path):
         # The local Ray of a SIGKILLed driver: its GCS and raylet die with it, but its worker processes
         # (idle workers, the trial actors) can linger and keep training. Give them a moment, then
         # kill what is left, as a user would (docs/cluster.md): a zombie trial would race the resumed one.
-        deadline = time.monotonic() + 15
-        while live_in_group(driver.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_for(lambda: not live_in_group(driver.pid), 15, "the killed driver's processes to exit", fail=False)
         lingered = [command_of(pid) for pid in live_in_group(driver.pid)]
     finally:
         stop(driver)
