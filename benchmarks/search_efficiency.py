@@ -1,8 +1,9 @@
 """Search efficiency on the synthetic task: epochs a search spends until it holds a config within 1 mIoU
 point of the best config any method found, and the best mIoU at a fixed epoch budget.
 
-    python -m benchmarks.search_efficiency --quick     # budget 12 x 4 epochs, ASHA rungs 1/2/4, 3 seeds: ~5 min
-    python -m benchmarks.search_efficiency             # budget 27 x 9 epochs, ASHA rungs 1/3/9, 3 seeds
+    python -m benchmarks.search_efficiency --quick     # budget 12 x 4 epochs, ASHA rungs 1/2/4, 3 seeds: ~6 min
+    python -m benchmarks.search_efficiency             # budget 27 x 9 epochs, ASHA rungs 1/3/9, 3 seeds: ~27 min
+    (durations on the shared 2-core box, 2 trials at a time)
     python -m benchmarks.search_efficiency --write     # also replace this section of benchmarks/RESULTS.md
 
 Methods, each run with 3 search seeds (`search.seed`; the training seed stays fixed, so a config
