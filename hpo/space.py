@@ -100,7 +100,7 @@ class SearchSection(_Strict):
 
 class SchedulerSection(_Strict):
     name: Literal["asha", "none"] = "asha"
-    metric: str = "val_miou"
+    metric: Literal["val_miou", "val_pixel_acc"] = "val_miou"   # what each validation reports (percent)
     mode: Literal["max", "min"] = "max"
     time_attr: Literal["training_iteration"] = "training_iteration"
     max_t: int | None = Field(None, ge=1)   # default: the number of validations in base.budget

@@ -43,13 +43,13 @@ def run_trial(params: dict, base: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             trainer.load(Path(ckpt_dir) / STATE_FILE)
-    metric_so_far = {"val_miou": 0.0}
+    metric_so_far = {"val_miou": 0.0, "val_pixel_acc": 0.0}   # placeholders until the first validation
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def on_validation(trainer: Trainer, metrics: dict, val) -> None:
         report = {**metrics, **where}
         report.update({f"iou/{name}": v for name, v in val.per_class_iou.items()})
-        metric_so_far["val_miou"] = metrics["val_miou"]
+        metric_so_far.update({k: metrics[k] for k in metric_so_far})
         with tempfile.TemporaryDirectory() as tmp:
             trainer.save(Path(tmp) / STATE_FILE)
             write_overlays(trainer, val.samples, Path(tmp) / "overlays")
