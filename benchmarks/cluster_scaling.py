@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 import yaml
+from benchmarks.results import write_section
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 HEADING = "## Cluster scaling (hpo.search on 1 vs 2 Ray nodes)"
 
 
@@ -117,16 +117,6 @@ def write_space(work: Path, data_root: Path, trials: int, epochs: int, steps: in
     return path
 
 
-def write_results(table: str) -> None:
-    """Replace (or append) this benchmark's section of benchmarks/RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start >= 0:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + (text[end + 1:] if end >= 0 else "")
-    RESULTS.write_text(text.rstrip() + "\n\n" + table.rstrip() + "\n")
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cluster_scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=8)
@@ -158,7 +148,7 @@ def main(argv=None) -> None:
     ])
     print(table)
     if not args.no_write:
-        write_results(table)
+        write_section(HEADING, table)
 
 
 if __name__ == "__main__":

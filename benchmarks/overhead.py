@@ -47,9 +47,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchmarks.results import write_section
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 HEADING = "## Orchestration overhead (ctxtune search vs bare Ray Tune)"
 STEP_ENV = "CTXTUNE_BENCH_STEP_S"
 
@@ -200,16 +200,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(section: str) -> None:
-    """Replace (or append) this benchmark's section of benchmarks/RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start >= 0:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + (text[end + 1:] if end >= 0 else "")
-    RESULTS.write_text(text.rstrip() + "\n\n" + section.rstrip() + "\n")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=8)
@@ -270,7 +260,7 @@ def main(argv=None) -> int:
     ])
     print(section)
     if args.write:
-        write_results(section)
+        write_section(HEADING, section)
     return 0
 
 

@@ -41,9 +41,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from benchmarks.results import write_section
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 HEADING = "## Search efficiency (random vs ASHA + random / TPE, Optuna feedback)"
 
 METHODS = {
@@ -220,16 +220,6 @@ def _mean(values) -> str:
     return f"{statistics.mean(got):.2f}" + ("" if len(got) == len(values) else f" ({len(got)} seeds)")
 
 
-def write_results(section: str) -> None:
-    """Replace (or append) this benchmark's section of benchmarks/RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start >= 0:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + (text[end + 1:] if end >= 0 else "")
-    RESULTS.write_text(text.rstrip() + "\n\n" + section.rstrip() + "\n")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.search_efficiency", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="budget of 12 trainings of 4 epochs, small epochs (minutes)")
@@ -311,7 +301,7 @@ def main(argv=None) -> int:
     ])
     print(section)
     if args.write:
-        write_results(section)
+        write_section(HEADING, section)
     return 0
 
 

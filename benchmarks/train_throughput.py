@@ -35,14 +35,13 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from hpo.engine import RuntimeSettings, resolve_runtime
 from models import build_model, model_names, preset, seg_loss
+from benchmarks.results import write_section
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Training throughput ({}): fp32 eager vs tuned runtime defaults"
 EAGER = {"amp": "off", "channels_last": False, "cudnn_benchmark": False, "compile": False}
 GPU_SWITCHES = {"amp": "bf16", "channels_last": True}
@@ -172,16 +171,6 @@ def table(rows: list[dict], cuda: bool) -> str:
     return "\n".join(lines)
 
 
-def write_results(heading: str, section: str) -> None:
-    """Replace (or append) this benchmark's section of benchmarks/RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    start = text.find(heading)
-    if start >= 0:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + (text[end + 1:] if end >= 0 else "")
-    RESULTS.write_text(text.rstrip() + "\n\n" + section.rstrip() + "\n")
-
-
 def _size(text: str) -> tuple[int, int]:
     parts = text.lower().replace("x", ",").split(",")
     try:
@@ -250,7 +239,7 @@ def main(argv=None) -> int:
     print(table(rows, cuda) + "\n\n" + note)
     if args.write:
         heading = HEADING.format("GPU" if cuda else "CPU")
-        write_results(heading, "\n".join([heading, "", header, "", table(rows, cuda), "", note]))
+        write_section(heading, "\n".join([heading, "", header, "", table(rows, cuda), "", note]))
     return 0
 
 
