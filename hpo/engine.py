@@ -109,6 +109,22 @@ def resolve_runtime(cfg: dict, device: torch.device | str) -> RuntimeSettings:
                            non_blocking=on_gpu, compile=bool(rt["compile"]))
 
 
+def predict(forward: Callable, image: torch.Tensor, label_size: tuple[int, int], cfg: dict,
+            num_classes: int, tta: bool) -> torch.Tensor:
+    """Class ids at the label's resolution: one forward pass, or multi-scale + flip TTA / sliding
+    window as `eval.*` says. Shared by validation during training and `hpo.evaluate`."""
+    ev = cfg["eval"]
+    crop = tuple(cfg["data"]["crop"]) if ev["sliding"] else None
+    if tta or crop:
+        return predict_logits(forward, image, scales=tuple(ev["scales"]) if tta else (1.0,), flip=tta and ev["flip"],
+                              crop=crop, num_classes=num_classes, out_size=label_size).argmax(1)
+    logits = forward(image)["out"]
+    if tuple(logits.shape[-2:]) != tuple(label_size):    # data.val_full_res_labels: score at label size
+        logits = torch.nn.functional.interpolate(logits.float(), size=label_size, mode="bilinear",
+                                                 align_corners=False)
+    return logits.argmax(1)
+
+
 class Trainer:
     def __init__(self, cfg: dict, log: Callable[[str], None] = print):
         self.cfg = cfg = normalize(cfg)
@@ -210,20 +226,10 @@ class Trainer:
         self.model.eval()
         cm = ConfusionMatrix(self.data.num_classes, ignore_index=self.data.ignore_index, device=self.device)
         samples = []
-        crop = tuple(self.cfg["data"]["crop"]) if ev["sliding"] else None
         for batch in self._val_dl:
             image, label = self._to_device(batch)
             with self._autocast():
-                if tta or crop:
-                    logits = predict_logits(self.forward, image, scales=tuple(ev["scales"]) if tta else (1.0,),
-                                            flip=tta and ev["flip"], crop=crop,
-                                            num_classes=self.data.num_classes)
-                else:
-                    logits = self.forward(image)["out"]
-            if logits.shape[-2:] != label.shape[-2:]:     # data.val_full_res_labels: score at label size
-                logits = torch.nn.functional.interpolate(logits.float(), size=label.shape[-2:], mode="bilinear",
-                                                         align_corners=False)
-            pred = logits.argmax(1)
+                pred = predict(self.forward, image, tuple(label.shape[-2:]), self.cfg, self.data.num_classes, tta)
             cm.update(pred, label)
             for i in range(min(keep - len(samples), image.shape[0])):
                 samples.append((denormalize(batch["image"][i]), pred[i].cpu().numpy(), label[i].cpu().numpy()))

@@ -30,19 +30,15 @@ def parse_args(argv=None):
 def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | None = None) -> dict:
     import datasets
     from datasets.export import export_cityscapes, overlay
-    from datasets.inference import predict_logits
     from datasets.metrics import ConfusionMatrix
     from datasets.transforms import denormalize
-    from hpo.engine import load_model_weights, resolve_device
+    from hpo.engine import load_model_weights, predict, resolve_device
     from models import build_model
 
     device = resolve_device(cfg)
     data = datasets.build(cfg)
     model = build_model(cfg).to(device).eval()
     load_model_weights(model, checkpoint)
-    ev = cfg["eval"]
-    scales = tuple(ev["scales"]) if tta else (1.0,)
-    crop = tuple(cfg["data"]["crop"]) if ev["sliding"] else None
     cm = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index, device=device)
     out = Path(export_dir) if export_dir else None
     gt_counts = torch.zeros(data.num_classes, dtype=torch.int64)
@@ -50,9 +46,7 @@ def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | No
         valid = batch["label"][batch["label"] != data.ignore_index]
         gt_counts += torch.bincount(valid.flatten(), minlength=data.num_classes)
         image, label = batch["image"].to(device), batch["label"].to(device)
-        logits = predict_logits(model, image, scales=scales, flip=tta and ev["flip"], crop=crop,
-                                num_classes=data.num_classes, out_size=tuple(label.shape[-2:]))
-        pred = logits.argmax(1)
+        pred = predict(model, image, tuple(label.shape[-2:]), cfg, data.num_classes, tta)
         cm.update(pred, label)
         if out is not None:
             for i, name in enumerate(batch["name"]):
