@@ -1,9 +1,12 @@
 """DeepLabV3 ASPP: 1x1 + three 3x3 atrous + image-pooling branches, concat, 1x1 projection.
 
-Every branch is conv-BN-ReLU ``channels`` wide (256 in DeepLabV3/V3+); rates 12/24/36 at OS8,
-6/12/18 at OS16. The projection is conv-BN-ReLU followed by element-wise dropout as in torchvision (0.1 here; torchvision uses 0.5
-in some ports — it is an argument). The pooling branch's BN sees a 1x1 map: with batch size 1 in
-train mode BatchNorm cannot compute statistics, so train with batch >= 2 (like the references).
+Every branch is conv-BN-ReLU ``channels`` wide (256 in DeepLabV3/V3+). The atrous rates follow the
+output stride (``default_rates``): 6/12/18 at OS16 as in DeepLabV3/V3+, doubled to 12/24/36 at OS8
+so every branch still covers the same image area. The projection is conv-BN-ReLU followed by
+element-wise dropout, 0.1 here as in the official TensorFlow DeepLab (``keep_prob=0.9`` after the
+concat projection); torchvision's ASPP uses 0.5 — it is an argument. The pooling branch's BN sees
+a 1x1 map: with batch size 1 in train mode BatchNorm cannot compute statistics, so train with
+batch >= 2 (like the references).
 """
 from __future__ import annotations
 
@@ -14,6 +17,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.fcn_head import conv_bn_relu
+
+BASE_RATES = (6, 12, 18)   # DeepLabV3/V3+ at output stride 16
+
+
+def default_rates(output_stride: int) -> list[int]:
+    """ASPP rates for a backbone output stride: 6/12/18 at OS16, 12/24/36 at OS8 (rate x 16/OS)."""
+    return [r * 16 // output_stride for r in BASE_RATES]
 
 
 class ASPPPooling(nn.Module):

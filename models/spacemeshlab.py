@@ -263,7 +263,7 @@ def spam_args(cfg: dict, output_stride: int, head_channels: int) -> dict:
                        head_channels=256, spam=True, sca_cca=True, context="metrocon",
                        metrocon={"rows": list(GRIDS[PAPER_GRID]), "cols": list(GRIDS[PAPER_GRID]), "depth": None,
                                  "impl": "fused"},
-                       aspp={"rates": [12, 24, 36], "channels": 256},
+                       aspp={"rates": None, "channels": 256},          # rates follow the output stride
                        spam_options={"channels": 32, "heads": 4}))
 def build_spacemeshlab(cfg: dict) -> SpaceMeshLab:
     a = common_args(cfg)
