@@ -1,8 +1,9 @@
 """``spacemeshlab`` (paper 003): dilated ResNet + SpaM side branch + MetroCon² (or ASPP) + SpaceMeshLab decoder.
 
-Data flow (OS8, default stages; ``b`` = backbone feature, ``m`` = SpaM feature at input resolution)::
+Data flow (paper preset: OS16, default stages; ``b`` = backbone feature, ``m`` = SpaM feature at input
+resolution)::
 
-    image ─► stem (block1, s4) ─► layer1 (block2, s4) ─► layer2 (block3, s8) ─► layer3 (block4) ─► layer4 (block5)
+    image ─► stem (block1, s4) ─► layer1 (block2, s4) ─► layer2 (block3, s8) ─► layer3 (block4, s16) ─► layer4 (block5, s16)
       │          ▲▼ exchange          ▲▼ exchange            (no exchange)             ▲▼ exchange        ▲▼ exchange
       └─► SpaM1 ─────────► SpaM2 ─────────────────────────────────────────► SpaM4 ──────────► SpaM5 ─► m
     block5 ─► MetroCon² (or ASPP) ─► ctx
@@ -17,6 +18,14 @@ Choices where the paper is unclear (SpaM/SCA/CCA internals are in ``models/spam.
 - **Scale factor 4, two steps**: a stage at stride s is reached with ``shuffle_steps(s, 4)``:
   s4 -> one x4 step, s8 -> x4 then x2, s16 -> x4 twice. (At OS16 every step is exactly x4 and
   block 3, at s8, is the only stage that would break that, which fits the paper's remark.)
+- **Output stride 16** (paper preset): the paper never states it, but what it does state fits OS16
+  only — "two consecutive" x4 shuffle steps (at OS8 blocks 4/5 sit at s8: x4 then x2); block 3
+  omitted "for consistent pixel shuffle" (only at OS16 is block 3, at s8, the one stage whole x4
+  steps cannot reach; at OS8 blocks 3/4/5 share s8); ASPP rates "6, 12, 18 from [3]" (DeepLabV3+'s
+  OS16 rates); Pascal-Context sizes rounded to multiples of 16; the training strategy of [11]
+  (DeepLabV3 trains at OS16). MetroCon²'s grid {1..18}² is in feature pixels, so at OS8 it would
+  reach half as far in the image. OS8 is one key away: ``model.backbone.output_stride: 8`` (ASPP
+  rates follow the stride; the MetroCon² grid does not).
 - **Decoder**: the paper aligns the SpaM and MetroCon² outputs "with the same shuffle/attention
   modules"; here both meet at stride 4 (``spam_options.decoder_stride``), the DeepLabV3+ decoder's
   resolution: context ShuffleUp (+SCA) to ``head_channels``, SpaM UnshuffleDown (+CCA) to 48
@@ -35,9 +44,7 @@ Choices where the paper is unclear (SpaM/SCA/CCA internals are in ``models/spam.
   exact feature sizes); ``spam_options.pad_input: true`` zero-pads to the next multiple and crops
   the logits instead. The model's ``input_multiple`` attribute tells callers the multiple (1 without
   SpaM); ``output_stride`` is the backbone's.
-- Presets: ``paper`` = ResNet-101, OS8 (the paper does not state the output stride; its ASPP rates
-  "6, 12, 18 from [3]" and Pascal-Context sizes rounded to multiples of 16 hint at OS16, which
-  ``model.backbone.output_stride: 16`` gives), width 64, grid {1..18}², SpaM width 32, 4 heads,
+- Presets: ``paper`` = ResNet-101, OS16 (see above), width 64, grid {1..18}², SpaM width 32, 4 heads,
   decoder 256 wide. SpaM width and head count are not in the paper. ``toy`` = ResNet-18 width 8,
   grid {1,2,3}² of depth 4, SpaM width 8, 2 heads, decoder 32 wide.
 
@@ -259,7 +266,7 @@ def spam_args(cfg: dict, output_stride: int, head_channels: int) -> dict:
                    metrocon={"rows": TOY_GRID, "cols": TOY_GRID, "depth": 4, "impl": "fused"},
                    aspp={"rates": [2, 4, 6], "channels": 32},
                    spam_options={"channels": 8, "heads": 2}),
-    paper=paper_preset(backbone={"depth": 101, "output_stride": 8, "width": 64, "pretrained": None},
+    paper=paper_preset(backbone={"depth": 101, "output_stride": 16, "width": 64, "pretrained": None},
                        head_channels=256, spam=True, sca_cca=True, context="metrocon",
                        metrocon={"rows": list(GRIDS[PAPER_GRID]), "cols": list(GRIDS[PAPER_GRID]), "depth": None,
                                  "impl": "fused"},

@@ -38,3 +38,29 @@ def test_explicit_aspp_rates_still_win():
     cfg["model"]["aspp"]["rates"] = [3, 5, 7]
     cfg["model"]["backbone"]["output_stride"] = 16
     assert aspp_rates(meta(cfg).aspp) == [3, 5, 7]
+
+
+# ---------------------------------------------------------------- 2. preset output strides
+@pytest.mark.parametrize("name,output_stride", [
+    ("fcn", 8), ("glore", 8), ("msglore", 8),      # msglore: "the output stride is 1/8", like GloRe
+    ("deeplabv3plus", 8),                          # the DESIGN baseline (ASPP rates follow if changed)
+    ("spacemeshlab", 16),                          # x4 shuffle steps, block 3 omitted, ASPP 6/12/18
+])
+def test_paper_preset_output_stride(name, output_stride):
+    cfg = preset(name, "paper")
+    assert cfg["model"]["backbone"]["output_stride"] == output_stride
+    assert meta(cfg).backbone.output_stride == output_stride
+
+
+def test_spacemeshlab_paper_preset_shuffles_in_whole_x4_steps_and_os8_is_one_key_away():
+    model = meta(preset("spacemeshlab", "paper"))
+    assert list(model.exchanges) == ["block1", "block2", "block4", "block5"]
+    steps = {name: (ex.up.steps, ex.down.steps) for name, ex in model.exchanges.items()}
+    assert steps == {"block1": ([4], [4]), "block2": ([4], [4]), "block4": ([4, 4], [4, 4]),
+                     "block5": ([4, 4], [4, 4])}
+    assert model.context_up.steps == [4] and model.spam_down.steps == [4]   # decoder meets at stride 4
+    assert model.input_multiple == 16
+    cfg = preset("spacemeshlab", "paper")
+    cfg["model"]["backbone"]["output_stride"] = 8
+    model = meta(cfg)
+    assert model.backbone.strides["block5"] == 8 and model.exchanges["block5"].up.steps == [4, 2]

@@ -190,7 +190,7 @@ def test_paper_config_constructs(capsys):
     mc = model.context.metrocon
     with capsys.disabled():
         print(f"\nspacemeshlab paper preset: {n:,} parameters ({backbone:,} backbone)")
-    assert (model.backbone.depth, model.backbone.output_stride, model.backbone.width) == (101, 8, 64)
+    assert (model.backbone.depth, model.backbone.output_stride, model.backbone.width) == (101, 16, 64)
     assert (len(mc.rows), len(mc.cols), mc.depth, mc.concat_channels) == (18, 18, 4, 1296)
     assert 42_000_000 < backbone < 43_000_000 and n > backbone
 
