@@ -142,7 +142,7 @@ def test_paper_presets_construct_with_plausible_counts():
     assert 80e6 < counts["msglore"] < 90e6                 # + width-preserving selection convs (~49.5M)
     p = preset("msglore", "paper")
     assert (p["model"]["selection"]["n3"], p["model"]["selection"]["n4"], p["model"]["selection"]["n5"]) == (11, 21, 32)
-    assert p["loss"]["aux_weights"] == {"block4": 0.4, "selection": 0.7}
+    assert p["loss"]["aux_weights"] == {"selection": 0.7}   # eq. (4): no block-4 aux loss
 
 
 # ---------------------------------------------------------------- GloRe

@@ -4,11 +4,15 @@ GloRe init. Paper-size models are built on the meta device: no memory, no comput
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from models import build_model, preset
+from models import build_model, preset, seg_loss
+
+CONFIGS = Path(__file__).resolve().parents[1] / "search_spaces" / "configs"
 
 
 def meta(cfg: dict) -> torch.nn.Module:
@@ -64,3 +68,30 @@ def test_spacemeshlab_paper_preset_shuffles_in_whole_x4_steps_and_os8_is_one_key
     cfg["model"]["backbone"]["output_stride"] = 8
     model = meta(cfg)
     assert model.backbone.strides["block5"] == 8 and model.exchanges["block5"].up.steps == [4, 2]
+
+
+# ---------------------------------------------------------------- 3. msglore: eq. (4) only
+def test_msglore_paper_loss_is_main_plus_alpha_selection_only():
+    """L_opt = L + alpha * L_aux (eq. 4): no block-4 aux head, no block-4 weight, in the preset and
+    the shipped Cityscapes config; the switch still brings it back."""
+    shipped = yaml.safe_load((CONFIGS / "msglore_cityscapes.yaml").read_text())
+    for cfg in (preset("msglore", "paper"), shipped):
+        assert cfg["model"]["aux_head"] is False
+        assert cfg["loss"]["aux_weights"] == {"selection": 0.7}
+
+    # the same structure at toy width: a real forward, the loss terms are exactly {main, selection}
+    torch.manual_seed(0)
+    cfg = preset("msglore", "toy")
+    cfg["model"]["aux_head"] = False
+    cfg["loss"]["aux_weights"] = dict(preset("msglore", "paper")["loss"]["aux_weights"])
+    model = build_model(cfg).train()
+    out = model(torch.randn(2, 3, 64, 64))
+    target = torch.randint(0, 19, (2, 64, 64))
+    total, terms = seg_loss(out, target, cfg)
+    assert set(out["aux"]) == {"selection"} and set(terms) == {"main", "selection"}
+    ce = torch.nn.functional.cross_entropy
+    assert torch.allclose(total, ce(out["out"], target) + 0.7 * ce(out["aux"]["selection"], target))
+
+    cfg["model"]["aux_head"] = True                 # the switch is kept
+    cfg["loss"]["aux_weights"]["block4"] = 0.4
+    assert set(build_model(cfg)(torch.randn(2, 3, 64, 64))["aux"]) == {"selection", "block4"}
