@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from hpo.config import ConfigError, apply_overrides, dump_yaml, get_key
-from hpo.space import SpaceError, SpaceFile, encoded_points, load_space, make_sampler, optuna_distributions
+from hpo.space import (SpaceError, SpaceFile, encoded_points, load_space, make_sampler, optuna_distributions,
+                       warn_if_from_scratch)
 
 # Beside Ray's experiment state: the parent run id and tracking URI (read by promote and report),
 # and the Optuna study.
@@ -45,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace) -> SpaceFile:
     spec = load_space(args.space)
+    warn_if_from_scratch(spec.base)          # depth >= 50 with pretrained: null -> one loud line
     if args.name:
         spec.experiment.name = args.name
     if args.num_samples is not None:
@@ -67,7 +69,7 @@ def absolutize_paths(base: dict) -> dict:
         data["root"] = str(Path(data["root"]).expanduser().resolve())
     cfg["data"] = data
     pretrained = cfg["model"].get("backbone", {}).get("pretrained")
-    if pretrained:
+    if pretrained and str(pretrained).strip().lower() != "none":     # "none": from scratch, not a path
         model = dict(cfg["model"])
         model["backbone"] = dict(model["backbone"], pretrained=str(Path(pretrained).expanduser().resolve()))
         cfg["model"] = model

@@ -157,6 +157,20 @@ def load_space(path: str | Path) -> SpaceFile:
     return spec
 
 
+def warn_if_from_scratch(base: dict, stream=None) -> str | None:
+    """Print (stderr) and return the one-line warning when a depth >= 50 backbone has
+    ``pretrained: null``: both papers fine-tune ImageNet weights, so a silent from-scratch search
+    at paper size is a bug. ``pretrained: none`` is the explicit, silent way to train from scratch."""
+    import sys
+
+    from models.backbone import scratch_warning
+
+    msg = scratch_warning(base)
+    if msg:
+        print(msg, file=stream or sys.stderr, flush=True)
+    return msg
+
+
 def _space_error_line(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"]]

@@ -145,8 +145,12 @@ def train(cfg: dict, out: Path, resume: bool = False, log: Callable[[str], None]
     import torch
 
     from hpo.engine import Trainer
+    from models.backbone import scratch_warning
 
     cfg = normalize(cfg)
+    warning = scratch_warning(cfg)      # depth >= 50 with pretrained: null: one loud line, then train
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     out = Path(out)
     ckpt = out / CHECKPOINT
     if resume and not ckpt.is_file():

@@ -9,6 +9,12 @@ Choices:
 - ``width`` scales every stage (stem = width, stage i planes = width * 2**i); 64 is the standard
   ResNet. Unlike torchvision, BasicBlock (depth 18/34) accepts dilation, so toy models can be OS8.
 - Bottleneck puts the stride on the 3x3 conv (ResNet v1.5, like torchvision).
+- ``model.backbone.pretrained``: a local path to a torchvision ImageNet file (``TORCHVISION_FILES``
+  names them; both papers fine-tune ImageNet weights), or the string ``none`` = from scratch on
+  purpose. ``null`` also trains from scratch, but for depth >= 50 that is almost certainly a
+  forgotten path, so ``scratch_warning(cfg)`` returns a one-line warning the callers (search start,
+  ``hpo.train``) print. On the meta device (search-space checks) the file is memory-mapped, so its
+  keys and shapes are checked without reading the weights.
 """
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ STAGES = ("block2", "block3", "block4", "block5")
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
           50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
 OUTPUT_STRIDES = (8, 16)
+SCRATCH = "none"   # model.backbone.pretrained: train from scratch on purpose (null warns at depth >= 50)
+# torchvision's ImageNet weights (IMAGENET1K_V1) for each depth, from https://download.pytorch.org/models/
+TORCHVISION_FILES = {18: "resnet18-f37072fd.pth", 34: "resnet34-b627a593.pth",
+                     50: "resnet50-0676ba61.pth", 101: "resnet101-63fe2227.pth"}
 
 
 class BasicBlock(nn.Module):
@@ -144,9 +154,12 @@ class ResNetBackbone(nn.Module):
         """
         key = "model.backbone.pretrained"
         if not os.path.isfile(path):
-            raise ConfigError(f"{key}: no such file {path!r}")
+            hint = (f" (torchvision's ImageNet weights: https://download.pytorch.org/models/"
+                    f"{TORCHVISION_FILES[self.depth]})" if self.width == 64 else "")
+            raise ConfigError(f"{key}: no such file {path!r}{hint}; use {SCRATCH!r} to train from scratch on purpose")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            # on the meta device only keys and shapes matter: memory-map instead of reading ~100-170 MB
+            state = _load_weights(path, mmap=self.conv1.weight.is_meta)
         except Exception as e:  # unpickling refused or corrupt file
             raise ConfigError(f"{key}: cannot load {path!r} as a weights-only state_dict ({type(e).__name__}: {e})".replace("\n", " ")) from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -168,7 +181,46 @@ class ResNetBackbone(nn.Module):
                     parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
             raise ConfigError(
                 f"{key}: {path!r} does not match ResNet-{self.depth} width {self.width}: " + "; ".join(parts))
-        self.load_state_dict(state, strict=False)
+        if not self.conv1.weight.is_meta:   # a meta model has no storage to copy into
+            self.load_state_dict(state, strict=False)
+
+
+def _load_weights(path: str, mmap: bool):
+    if mmap:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # files from before torch.save's zip format cannot be memory-mapped
+            pass
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _pretrained(cfg: dict) -> str | None:
+    """``model.backbone.pretrained`` as a path to load, or None (null or ``none``: from scratch)."""
+    pretrained = get(cfg, "model.backbone.pretrained", None)
+    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
+        raise ConfigError(f"model.backbone.pretrained: expected a local file path, {SCRATCH!r} or null, "
+                          f"got {pretrained!r}")
+    if pretrained is None or str(pretrained).strip().lower() == SCRATCH:
+        return None
+    return os.fspath(pretrained)
+
+
+def scratch_warning(cfg: dict) -> str | None:
+    """One line when a depth >= 50 backbone would silently train from scratch (``pretrained: null``).
+
+    Both papers fine-tune ImageNet weights; ``pretrained: none`` says "from scratch" on purpose and is
+    silent, as are small (toy) depths. Reads the config leniently: validation is ``build_backbone``'s job.
+    """
+    backbone = (cfg.get("model") or {}).get("backbone") or {}
+    if not isinstance(backbone, dict) or backbone.get("pretrained") is not None:
+        return None
+    depth = backbone.get("depth", 50)
+    if not isinstance(depth, int) or depth < 50:
+        return None
+    name = TORCHVISION_FILES.get(depth, "resnet*.pth")
+    return (f"warning: model.backbone.pretrained is null: the ResNet-{depth} backbone trains from scratch, "
+            f"unlike both papers (ImageNet weights, e.g. https://download.pytorch.org/models/{name}); "
+            f"set a local path, or {SCRATCH!r} to train from scratch on purpose")
 
 
 def build_backbone(cfg: dict) -> ResNetBackbone:
@@ -177,7 +229,4 @@ def build_backbone(cfg: dict) -> ResNetBackbone:
     depth = get_choice(cfg, "model.backbone.depth", tuple(DEPTHS), 50)
     os_ = get_choice(cfg, "model.backbone.output_stride", OUTPUT_STRIDES, 8)
     width = get_int(cfg, "model.backbone.width", 64, lo=1)
-    pretrained = get(cfg, "model.backbone.pretrained", None)
-    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
-        raise ConfigError(f"model.backbone.pretrained: expected a local file path or null, got {pretrained!r}")
-    return ResNetBackbone(depth, os_, width, os.fspath(pretrained) if pretrained is not None else None)
+    return ResNetBackbone(depth, os_, width, _pretrained(cfg))

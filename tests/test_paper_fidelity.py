@@ -95,3 +95,87 @@ def test_msglore_paper_loss_is_main_plus_alpha_selection_only():
     cfg["model"]["aux_head"] = True                 # the switch is kept
     cfg["loss"]["aux_weights"]["block4"] = 0.4
     assert set(build_model(cfg)(torch.randn(2, 3, 64, 64))["aux"]) == {"selection", "block4"}
+
+
+# ---------------------------------------------------------------- 4. pretrained weights
+SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+
+
+def test_scratch_warning_only_for_a_silent_null_at_depth_50_and_up():
+    from models.backbone import scratch_warning
+
+    for name, depth in (("msglore", 50), ("spacemeshlab", 101)):
+        msg = scratch_warning(preset(name, "paper"))          # presets: null (no file assumed)
+        assert msg.startswith("warning: model.backbone.pretrained is null") and "\n" not in msg
+        assert f"ResNet-{depth}" in msg and "'none'" in msg
+    cfg = preset("fcn", "paper")
+    for value in ("none", "None", "weights/r50.pth"):
+        cfg["model"]["backbone"]["pretrained"] = value
+        assert scratch_warning(cfg) is None
+    assert scratch_warning(preset("fcn", "toy")) is None     # ResNet-18: no ImageNet expectation
+    assert scratch_warning({"model": {}}) is not None        # absent = null, default depth 50
+
+
+@pytest.mark.parametrize("value", ["none", "NONE"])
+def test_pretrained_none_trains_from_scratch_without_touching_the_filesystem(value):
+    from hpo.search import absolutize_paths
+
+    cfg = preset("fcn", "toy")
+    cfg["model"]["backbone"]["pretrained"] = value
+    assert build_model(cfg).backbone.conv1.weight.shape == (8, 3, 7, 7)
+    cfg["data"] = {"root": None}
+    assert absolutize_paths(cfg)["model"]["backbone"]["pretrained"] == value   # not made a path
+
+
+def _space_with_backbone(tmp_path: Path, pretrained) -> Path:
+    base = yaml.safe_load((CONFIGS / "msglore_toy.yaml").read_text())
+    base["model"]["backbone"].update(depth=50, width=8, pretrained=pretrained)
+    space = {"experiment": {"name": "scratch"}, "base": base,
+             "space": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.02}}}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def test_search_start_warns_once_for_null_and_is_silent_for_none(tmp_path, capsys):
+    from hpo import search
+
+    search.prepare(search.parse_args([str(_space_with_backbone(tmp_path, None))]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: model.backbone.pretrained is null"), err
+    search.prepare(search.parse_args([str(_space_with_backbone(tmp_path, "none"))]))
+    assert capsys.readouterr().err == ""
+
+
+def test_hpo_train_warns_for_null(tmp_path, capsys):
+    from hpo import train as hpo_train
+    from hpo.config import ConfigError
+
+    for pretrained, warned in ((None, True), ("none", False)):
+        cfg = hpo_train.load_run_config(CONFIGS / "msglore_toy.yaml")
+        cfg["model"]["backbone"].update(depth=50, width=8, pretrained=pretrained)
+        with pytest.raises(ConfigError, match="--resume"):      # stops right after the check: no training
+            hpo_train.train(cfg, tmp_path / "out", resume=True)
+        err = capsys.readouterr().err
+        assert ("warning: model.backbone.pretrained is null" in err) == warned, err
+
+
+def test_shipped_paper_spaces_name_the_weights_and_fail_early_without_them(tmp_path, monkeypatch):
+    from hpo.space import SpaceError, load_space
+    from models.backbone import ResNetBackbone
+
+    monkeypatch.chdir(tmp_path)                              # the relative path resolves here: no file
+    for space, config, depth in (("msglore_selection.yaml", "msglore_cityscapes.yaml", 50),
+                                 ("spacemeshlab_dilation.yaml", "spacemeshlab_cityscapes.yaml", 101)):
+        pretrained = yaml.safe_load((CONFIGS / config).read_text())["model"]["backbone"]["pretrained"]
+        assert pretrained.startswith("weights/resnet%d-" % depth) and pretrained.endswith(".pth")
+        with pytest.raises(SpaceError) as err:
+            load_space(SPACES / space)
+        msg = str(err.value)
+        assert "model.backbone.pretrained: no such file" in msg and "download.pytorch.org" in msg, msg
+
+    # with the file in place (a meta-tensor stand-in: same keys and shapes, no weights) the space loads
+    (tmp_path / "weights").mkdir()
+    with torch.device("meta"):
+        torch.save(ResNetBackbone(50, 8, 64).state_dict(), tmp_path / "weights" / "resnet50-0676ba61.pth")
+    assert load_space(SPACES / "msglore_selection.yaml").base["model"]["backbone"]["pretrained"].endswith(".pth")
