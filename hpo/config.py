@@ -28,6 +28,20 @@ class OptimSection(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     poly_power: float = Field(0.9, ge=0)
+    # LR schedule over the trial's budget (hpo/schedules.py): "poly" over the whole budget (the
+    # papers'), "wsd" warmup-stable-decay (constant, then a linear decay over the last
+    # `decay_fraction`), "rung_poly" poly that reaches 0 at every rung epoch in `rungs`.
+    schedule: Literal["poly", "wsd", "rung_poly"] = "poly"
+    decay_fraction: float = Field(0.2, gt=0, le=1)
+    warmup_epochs: float = Field(0, ge=0)
+    rungs: list[int] | None = None      # rung_poly; a search fills it from its ASHA ladder
+
+    @field_validator("rungs")
+    @classmethod
+    def _rungs(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (any(r < 1 for r in v) or sorted(set(v)) != v):
+            raise ValueError("expected increasing epochs >= 1")
+        return v
 
 
 class BudgetSection(_Strict):
@@ -42,6 +56,11 @@ class EvalSection(_Strict):
     flip: bool = True
     sliding: bool = False
     overlays: int = Field(3, ge=0)   # prediction-overlay PNGs kept from the last validation
+    # Annealed evaluation: before scoring an intermediate validation, fork the run, cool the LR
+    # linearly to 0 over this many SGD steps, score the fork, and continue from the un-annealed
+    # state (Trainer.annealed_validate). 0 = off. The final validation is never forked.
+    anneal_steps: int = Field(0, ge=0)
+    anneal_epochs: list[int] | None = None   # epochs that get a fork; None = every intermediate validation
 
     @field_validator("scales")
     @classmethod

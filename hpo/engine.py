@@ -6,8 +6,13 @@ with the metrics; the caller decides what to do with them (Ray Tune report, MLfl
 when to checkpoint. The engine itself knows nothing of Ray or MLflow.
 
 Choices:
-- One learning rate for all parameters (the papers give a single initial LR); poly decay per
-  iteration over the whole budget, power `optim.poly_power` (0.9).
+- One learning rate for all parameters (the papers give a single initial LR); by default poly decay
+  per iteration over the whole budget, power `optim.poly_power` (0.9). `optim.schedule` picks a
+  budget-aware alternative (hpo/schedules.py: `wsd`, `rung_poly`).
+- Annealed evaluation (`eval.anneal_steps` > 0): an intermediate validation scores a fork of the
+  run whose LR was cooled linearly to 0 over that many steps; the run then continues from its
+  un-annealed state (weights, optimizer, RNG restored). `val_miou` is then the annealed score and
+  `val_miou_raw` the plain one, so a scheduler ranks what the config would reach if it ended here.
 - An epoch is one pass over the training split, or `budget.iters_per_epoch` steps (cycling the
   loader) so a search can set a fixed, dataset-independent budget.
 - The training shuffle order of epoch e is drawn from `seed + e`, so a run resumed at an epoch
@@ -34,6 +39,7 @@ Runtime (`runtime.*`, resolved by `resolve_runtime`; "auto" = on for a CUDA run,
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import random
@@ -53,6 +59,7 @@ from datasets.metrics import ConfusionMatrix
 from models import build_model, seg_loss
 
 from hpo.config import normalize
+from hpo.schedules import lr_factor
 
 
 class DivergenceError(RuntimeError):
@@ -160,9 +167,8 @@ class Trainer:
 
         self.steps_per_epoch = cfg["budget"]["iters_per_epoch"] or len(self._train_loader(0))
         self.total_steps = self.steps_per_epoch * cfg["budget"]["epochs"]
-        power = o["poly_power"]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: max(0.0, 1.0 - step / self.total_steps) ** power)
+            self.optimizer, lr_factor(o, self.steps_per_epoch, self.total_steps))
         self.epoch = 0          # epochs finished
         self.step = 0           # optimizer steps taken
 
@@ -189,25 +195,8 @@ class Trainer:
         self.model.train()
         start = time.perf_counter()
         total, count = 0.0, 0
-        loader = self._train_loader(self.epoch)
-        batches = iter(loader)
-        for _ in range(self.steps_per_epoch):
-            try:
-                batch = next(batches)
-            except StopIteration:      # iters_per_epoch longer than one pass: cycle
-                batches = iter(loader)
-                batch = next(batches)
-            image, label = self._to_device(batch)
-            with self._autocast():
-                outputs = self.forward(image)
-                loss, _terms = seg_loss(outputs, label, self.cfg)
-            value = loss.item()
-            if not math.isfinite(value):
-                raise DivergenceError(f"loss became {value} at step {self.step + 1} (epoch {self.epoch + 1})")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        for batch in self._batches(self.epoch, self.steps_per_epoch):
+            value = self._sgd_step(batch)
             self.scheduler.step()
             self.step += 1
             total += value
@@ -216,6 +205,62 @@ class Trainer:
         return {"train_loss": total / max(count, 1),
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "epoch_seconds": time.perf_counter() - start}
+
+    def _batches(self, epoch: int, steps: int):
+        """`steps` training batches from epoch `epoch`'s stream (cycling when one pass is shorter)."""
+        loader = self._train_loader(epoch)
+        batches = iter(loader)
+        for _ in range(steps):
+            try:
+                yield next(batches)
+            except StopIteration:      # iters_per_epoch longer than one pass: cycle
+                batches = iter(loader)
+                yield next(batches)
+
+    def _sgd_step(self, batch: dict) -> float:
+        image, label = self._to_device(batch)
+        with self._autocast():
+            outputs = self.forward(image)
+            loss, _terms = seg_loss(outputs, label, self.cfg)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise DivergenceError(f"loss became {value} at step {self.step + 1} (epoch {self.epoch + 1})")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return value
+
+    def annealed_validate(self, steps: int | None = None, **validate_kwargs) -> ValidationResult:
+        """Score a cool-down fork: `steps` SGD steps with the LR falling linearly from its current
+        value to 0 (on the next epoch's batches), validate, then restore the run exactly as it was."""
+        steps = self.cfg["eval"]["anneal_steps"] if steps is None else steps
+        saved = {"model": copy.deepcopy(self.model.state_dict()),
+                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                 "scaler": copy.deepcopy(self.scaler.state_dict()),
+                 "rng": (torch.get_rng_state(), np.random.get_state(), random.getstate())}
+        lr0 = [g["lr"] for g in self.optimizer.param_groups]
+        try:
+            self.model.train()
+            for i, batch in enumerate(self._batches(self.epoch, steps)):
+                for group, lr in zip(self.optimizer.param_groups, lr0):
+                    group["lr"] = lr * (1.0 - i / steps)
+                self._sgd_step(batch)
+            return self.validate(**validate_kwargs)
+        finally:
+            self.model.load_state_dict(saved["model"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scaler.load_state_dict(saved["scaler"])
+            torch.set_rng_state(saved["rng"][0])
+            np.random.set_state(saved["rng"][1])
+            random.setstate(saved["rng"][2])
+
+    def wants_anneal(self) -> bool:
+        """Whether the validation after the epoch just finished scores a cool-down fork."""
+        ev = self.cfg["eval"]
+        if not ev["anneal_steps"] or self.epoch >= self.cfg["budget"]["epochs"]:
+            return False
+        return ev["anneal_epochs"] is None or self.epoch in ev["anneal_epochs"]
 
     @torch.no_grad()
     def validate(self, *, tta: bool | None = None, keep: int | None = None) -> ValidationResult:
@@ -248,6 +293,11 @@ class Trainer:
             metrics = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.epoch % budget["val_every"] == 0 or self.epoch == budget["epochs"]:
                 val = self.validate()
+                if self.wants_anneal():
+                    start = time.perf_counter()
+                    metrics.update({f"{k}_raw": v for k, v in val.metrics.items()})
+                    val = self.annealed_validate()
+                    metrics["anneal_seconds"] = time.perf_counter() - start
                 metrics.update(val.metrics)
                 if on_validation:
                     on_validation(self, metrics, val)
