@@ -21,8 +21,8 @@ from models.registry import register_model
 class DeepLabV3Plus(SegModel):
     def __init__(self, backbone: ResNetBackbone, num_classes: int, aspp_channels: int = 256,
                  rates=(12, 24, 36), low_level_channels: int = 48, dropout: float = 0.1,
-                 aux_head: bool = True, aux_channels: int = 256):
-        super().__init__(backbone, num_classes, aux_head, aux_channels, dropout)
+                 aux_head: bool = True, aux_channels: int = 256, aux_block: str = "block4"):
+        super().__init__(backbone, num_classes, aux_head, aux_channels, dropout, aux_block)
         self.aspp = ASPP(backbone.channels["block5"], aspp_channels, rates, dropout)
         self.low_level = conv_bn_relu(backbone.channels["block2"], low_level_channels, 1)
         self.decoder = nn.Sequential(
@@ -53,4 +53,4 @@ def build_deeplabv3plus(cfg: dict) -> DeepLabV3Plus:
     backbone = build_backbone(cfg)
     p = aspp_args(cfg)
     return DeepLabV3Plus(backbone, a["num_classes"], p["channels"], p["rates"], 48, a["dropout"],
-                         a["aux_head"], a["aux_channels"])
+                         a["aux_head"], a["aux_channels"], a["aux_block"])

@@ -21,8 +21,9 @@ from models.registry import register_model
 
 class GloReNet(SegModel):
     def __init__(self, backbone: ResNetBackbone, num_classes: int, head_channels: int = 512, num_mid: int = 64,
-                 scale_by_hw: bool = True, dropout: float = 0.1, aux_head: bool = True, aux_channels: int = 256):
-        super().__init__(backbone, num_classes, aux_head, aux_channels, dropout)
+                 scale_by_hw: bool = True, dropout: float = 0.1, aux_head: bool = True, aux_channels: int = 256,
+                 aux_block: str = "block4"):
+        super().__init__(backbone, num_classes, aux_head, aux_channels, dropout, aux_block)
         self.reduce = conv_bn_relu(backbone.channels["block5"], head_channels, 3)
         self.glore = GloReUnit(head_channels, num_mid, scale_by_hw)
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(head_channels, num_classes, 1))
@@ -43,4 +44,4 @@ def glore_args(cfg: dict) -> dict:
 def build_glore(cfg: dict) -> GloReNet:
     a, g = common_args(cfg), glore_args(cfg)
     return GloReNet(build_backbone(cfg), a["num_classes"], a["head_channels"], g["num_mid"], g["scale_by_hw"],
-                    a["dropout"], a["aux_head"], a["aux_channels"])
+                    a["dropout"], a["aux_head"], a["aux_channels"], a["aux_block"])

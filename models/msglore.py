@@ -84,8 +84,9 @@ class MSGloReNet(SegModel):
     def __init__(self, backbone: ResNetBackbone, num_classes: int, num_select=(11, 21, 32),
                  head_channels: int = 512, num_mid: int = 64, scale_by_hw: bool = True,
                  selection_channels: int | None = None, pool: bool = True, score_weighting: bool = True,
-                 order: str = "rank", dropout: float = 0.1, aux_head: bool = True, aux_channels: int = 256):
-        super().__init__(backbone, num_classes, aux_head, aux_channels, dropout)
+                 order: str = "rank", dropout: float = 0.1, aux_head: bool = True, aux_channels: int = 256,
+                 aux_block: str = "block4"):
+        super().__init__(backbone, num_classes, aux_head, aux_channels, dropout, aux_block)
         self.selection = nn.ModuleDict({
             b: SelectionBranch(backbone.channels[b], selection_channels or backbone.channels[b], n,
                                pool, score_weighting, order)
@@ -144,4 +145,4 @@ def build_msglore(cfg: dict) -> MSGloReNet:
     s = selection_args(cfg, backbone)
     return MSGloReNet(backbone, a["num_classes"], s["num_select"], a["head_channels"], g["num_mid"],
                       g["scale_by_hw"], s["channels"], s["pool"], s["score_weighting"], s["order"],
-                      a["dropout"], a["aux_head"], a["aux_channels"])
+                      a["dropout"], a["aux_head"], a["aux_channels"], a["aux_block"])

@@ -179,3 +179,21 @@ def test_shipped_paper_spaces_name_the_weights_and_fail_early_without_them(tmp_p
     with torch.device("meta"):
         torch.save(ResNetBackbone(50, 8, 64).state_dict(), tmp_path / "weights" / "resnet50-0676ba61.pth")
     assert load_space(SPACES / "msglore_selection.yaml").base["model"]["backbone"]["pretrained"].endswith(".pth")
+
+
+# ---------------------------------------------------------------- 5. smaller choices, now switches
+@pytest.mark.parametrize("name", ["fcn", "spacemeshlab"])
+def test_aux_block_switch_moves_the_aux_head(name):
+    cfg = preset(name, "toy")
+    assert build_model(cfg).aux_block == "block4"             # default: the PSPNet/mmseg convention
+    cfg["model"]["aux_block"] = "block5"
+    cfg["loss"]["aux_weights"] = {"block5": 0.4}
+    model = build_model(cfg).train()
+    assert model.aux_block4 is None and model.aux_block5.conv[0].in_channels == model.backbone.channels["block5"]
+    out = model(torch.randn(2, 3, 64, 64))
+    assert set(out["aux"]) == {"block5"} and out["aux"]["block5"].shape == (2, 19, 64, 64)
+    loss, terms = seg_loss(out, torch.randint(0, 19, (2, 64, 64)), cfg)
+    assert set(terms) == {"main", "block5"}
+    cfg["model"]["aux_block"] = "block3"
+    with pytest.raises(ValueError, match=r"^model\.aux_block:"):
+        build_model(cfg)
