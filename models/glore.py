@@ -18,11 +18,20 @@ For msglore the projection comes from outside: ``forward(x, projection=B)`` with
 parameter is left without a gradient) and ``num_nodes`` = the number of nodes B provides.
 ``scale_by_hw`` (official ``normalize``) divides the node features by H·W so their magnitude does
 not depend on the input size (crops at train time vs. full images at test time).
+
+``init`` (``model.glore.init``): ``"xavier"`` (default) matches the official code, whose
+``initializer.xavier`` gives every conv (the 1x1 Conv2d and the graph conv's Conv1d) a
+Xavier-uniform weight (gain 1) and a zero bias, and BatchNorm weight 1 / bias 0, before the blocker's
+weight is zeroed. ``"default"`` keeps PyTorch's layer defaults (Kaiming-uniform with a = sqrt(5),
+uniform biases), whose weights are several times smaller for the node-wise Conv1d. The GloRe paper
+says only that A and W are "randomly initialized"; the unit starts as the identity either way.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+
+INITS = ("xavier", "default")
 
 
 class GraphConv(nn.Module):
@@ -41,7 +50,7 @@ class GraphConv(nn.Module):
 
 class GloReUnit(nn.Module):
     def __init__(self, in_channels: int, num_mid: int, scale_by_hw: bool = True,
-                 num_nodes: int | None = None, own_projection: bool = True):
+                 num_nodes: int | None = None, own_projection: bool = True, init: str = "xavier"):
         super().__init__()
         self.scale_by_hw = scale_by_hw
         self.num_state = 2 * num_mid
@@ -51,6 +60,14 @@ class GloReUnit(nn.Module):
         self.gcn = GraphConv(self.num_state, self.num_nodes)
         self.conv_extend = nn.Conv2d(self.num_state, in_channels, 1, bias=False)
         self.blocker = nn.BatchNorm2d(in_channels, eps=1e-4)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        if init == "xavier":         # the official initializer.xavier (module docstring)
+            for m in self.modules():
+                if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+                    nn.init.xavier_uniform_(m.weight, gain=1.0)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
         nn.init.zeros_(self.blocker.weight)  # residual branch starts silent: the unit is the identity
 
     def forward(self, x: torch.Tensor, projection: torch.Tensor | None = None) -> torch.Tensor:

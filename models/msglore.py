@@ -85,7 +85,7 @@ class MSGloReNet(SegModel):
                  head_channels: int = 512, num_mid: int = 64, scale_by_hw: bool = True,
                  selection_channels: int | None = None, pool: bool = True, score_weighting: bool = True,
                  order: str = "rank", dropout: float = 0.1, aux_head: bool = True, aux_channels: int = 256,
-                 aux_block: str = "block4"):
+                 aux_block: str = "block4", glore_init: str = "xavier"):
         super().__init__(backbone, num_classes, aux_head, aux_channels, dropout, aux_block)
         self.selection = nn.ModuleDict({
             b: SelectionBranch(backbone.channels[b], selection_channels or backbone.channels[b], n,
@@ -93,7 +93,8 @@ class MSGloReNet(SegModel):
             for b, n in zip(SELECTED_BLOCKS, num_select)})
         num_nodes = sum(num_select)
         self.reduce = conv_bn_relu(backbone.channels["block5"], head_channels, 3)
-        self.relation = GloReUnit(head_channels, num_mid, scale_by_hw, num_nodes=num_nodes, own_projection=False)
+        self.relation = GloReUnit(head_channels, num_mid, scale_by_hw, num_nodes=num_nodes, own_projection=False,
+                                  init=glore_init)
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(head_channels, num_classes, 1))
         self.aux_selection = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(num_nodes, num_classes, 1))
         self.last_selected: dict[str, torch.Tensor] = {}  # channel indices of the last forward (inspection)
@@ -145,4 +146,4 @@ def build_msglore(cfg: dict) -> MSGloReNet:
     s = selection_args(cfg, backbone)
     return MSGloReNet(backbone, a["num_classes"], s["num_select"], a["head_channels"], g["num_mid"],
                       g["scale_by_hw"], s["channels"], s["pool"], s["score_weighting"], s["order"],
-                      a["dropout"], a["aux_head"], a["aux_channels"], a["aux_block"])
+                      a["dropout"], a["aux_head"], a["aux_channels"], a["aux_block"], glore_init=g["init"])

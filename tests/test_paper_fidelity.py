@@ -197,3 +197,28 @@ def test_aux_block_switch_moves_the_aux_head(name):
     cfg["model"]["aux_block"] = "block3"
     with pytest.raises(ValueError, match=r"^model\.aux_block:"):
         build_model(cfg)
+
+
+def test_glore_init_matches_the_official_xavier_initializer_and_stays_switchable():
+    from models.glore import GloReUnit
+
+    torch.manual_seed(0)
+    unit = GloReUnit(512, 64)                                 # official GloRe_Unit(512, 64) + initializer.xavier
+    for conv in (unit.conv_state, unit.conv_proj, unit.gcn.conv1, unit.gcn.conv2, unit.conv_extend):
+        fan_in, fan_out = conv.weight.shape[1] * conv.weight[0, 0].numel(), conv.weight.shape[0] * conv.weight[0, 0].numel()
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.9 * bound
+        assert conv.bias is None or not conv.bias.any()
+    assert not unit.blocker.weight.any()                      # still starts as the identity
+    default = GloReUnit(512, 64, init="default")
+    assert default.gcn.conv1.bias.any()                       # PyTorch's uniform biases
+    for name in ("glore", "msglore"):
+        cfg = preset(name, "toy")
+        unit = build_model(cfg).glore if name == "glore" else build_model(cfg).relation
+        assert not unit.gcn.conv1.bias.any()
+        cfg["model"]["glore"]["init"] = "default"
+        unit = build_model(cfg).glore if name == "glore" else build_model(cfg).relation
+        assert unit.gcn.conv1.bias.any()
+        cfg["model"]["glore"]["init"] = "kaiming"
+        with pytest.raises(ValueError, match=r"^model\.glore\.init:"):
+            build_model(cfg)
