@@ -222,3 +222,10 @@ def test_glore_init_matches_the_official_xavier_initializer_and_stays_switchable
         cfg["model"]["glore"]["init"] = "kaiming"
         with pytest.raises(ValueError, match=r"^model\.glore\.init:"):
             build_model(cfg)
+
+
+def test_msglore_cityscapes_lr_is_the_papers_scaled_to_its_batch():
+    cfg = yaml.safe_load((CONFIGS / "msglore_cityscapes.yaml").read_text())
+    assert cfg["optim"]["lr"] == pytest.approx(0.006 * cfg["data"]["batch_size"] / 26, rel=0.01)  # linear rule
+    space = yaml.safe_load((SPACES / "msglore_selection.yaml").read_text())
+    assert space["search"]["points_to_evaluate"][0]["optim.lr"] == cfg["optim"]["lr"]   # the paper's point
