@@ -23,7 +23,7 @@ Choices:
 - Only this driver talks to MLflow. Ray tasks train and write files (`metrics.json` after every
   validation, atomically); the driver polls them while waiting on the tasks and logs curves,
   final metrics, pictures and weights itself. Several processes writing one SQLite store race
-  (DESIGN.md), and a worker on another node would not even see the driver's `mlflow.db`. The
+  (MLflow's SQLite store is not safe for concurrent creators), and a worker on another node would not even see the driver's `mlflow.db`. The
   cost: on a multi-node cluster `--out` must be storage every node can reach (as Ray's own
   `storage_path` must be), because the driver reads what the tasks write and a rerun resumes
   from the checkpoints there.

@@ -1,4 +1,4 @@
-"""FCN head (DESIGN baseline): 3x3 conv-BN-ReLU, Dropout2d, 1x1 classifier.
+"""FCN head (mmsegmentation's FCNHead with one conv): 3x3 conv-BN-ReLU, Dropout2d, 1x1 classifier.
 
 Used as the main head of ``fcn`` and as the auxiliary head on block 4 of every model.
 Returns logits at the input feature's resolution; the model upsamples them.

@@ -47,7 +47,7 @@ def test_explicit_aspp_rates_still_win():
 # ---------------------------------------------------------------- 2. preset output strides
 @pytest.mark.parametrize("name,output_stride", [
     ("fcn", 8), ("glore", 8), ("msglore", 8),      # msglore: "the output stride is 1/8", like GloRe
-    ("deeplabv3plus", 8),                          # the DESIGN baseline (ASPP rates follow if changed)
+    ("deeplabv3plus", 8),                          # the OS8 baseline (ASPP rates follow if changed)
     ("spacemeshlab", 16),                          # x4 shuffle steps, block 3 omitted, ASPP 6/12/18
 ])
 def test_paper_preset_output_stride(name, output_stride):
