@@ -22,9 +22,9 @@ What it does:
 Choices:
 - Only this driver talks to MLflow. Ray tasks train and write files (`metrics.json` after every
   validation, atomically); the driver polls them while waiting on the tasks and logs curves,
-  final metrics, pictures and weights itself. Several processes writing one SQLite store race
-  (MLflow's SQLite store is not safe for concurrent creators), and a worker on another node would not even see the driver's `mlflow.db`. The
-  cost: on a multi-node cluster `--out` must be storage every node can reach (as Ray's own
+  final metrics, pictures and weights itself. Several processes creating one SQLite store race
+  ("table already exists"), and a worker on another node would not even see the driver's
+  `mlflow.db`. The cost: on a multi-node cluster `--out` must be storage every node can reach (as Ray's own
   `storage_path` must be), because the driver reads what the tasks write and a rerun resumes
   from the checkpoints there.
 - Promoted runs live in the search's MLflow experiment as top-level runs (not nested), tagged
