@@ -229,3 +229,17 @@ def test_msglore_cityscapes_lr_is_the_papers_scaled_to_its_batch():
     assert cfg["optim"]["lr"] == pytest.approx(0.006 * cfg["data"]["batch_size"] / 26, rel=0.01)  # linear rule
     space = yaml.safe_load((SPACES / "msglore_selection.yaml").read_text())
     assert space["search"]["points_to_evaluate"][0]["optim.lr"] == cfg["optim"]["lr"]   # the paper's point
+
+
+# ---------------------------------------------------------------- models.summary: params and FLOPs
+def test_summary_paper_counts_params_and_forward_flops_on_meta(capsys):
+    from models.summary import main as summary_main
+
+    assert summary_main(["--preset", "paper", "--models", "fcn,spacemeshlab"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "GFLOPs fwd 1x3x512x1024" in out[1]
+    rows = {line.split()[0]: line.split() for line in out[2:]}
+    assert rows["fcn"][1] == "35,320,678" and float(rows["fcn"][5].replace(",", "")) == pytest.approx(592.2, abs=0.1)
+    # SpaceMeshLab at OS16: blocks 4/5 and MetroCon² at 1/16 -> well under half the OS8 model's 1,306 G
+    assert rows["spacemeshlab"][1] == "75,110,206"
+    assert 400 < float(rows["spacemeshlab"][5].replace(",", "")) < 550
