@@ -31,7 +31,8 @@ from pathlib import Path
 
 from hpo.mlflow_store import fail_fast_http
 from hpo.report_data import (EVALUATORS, ReportError, Search, display_value, finished_study,
-                             importance_table, locate, rung_steps)
+                             importance_table, locate, rung_correlations, rung_steps)
+from hpo.rung_check import LOW, verdict
 
 STATUS_COLOURS = {"completed": "tab:green", "early_stopped": "tab:orange", "failed": "tab:red",
                   "unfinished": "tab:gray"}
@@ -298,6 +299,18 @@ def render_html(search: Search, table: dict, figures: dict[str, Path], missing: 
             rows.sort(key=lambda r: float(r[-1].split()[0]) if r[-1] != "–" else 0.0, reverse=True)
             parts.append(f"<h3>{ev}</h3>" + _table(["knob", *[f"{lb} (n={table[lb]['n']})" for lb in done]], rows))
 
+    corr = rung_correlations(search)
+    if corr:
+        unit = "epoch" if s.base["budget"].get("val_every", 1) == 1 else "validation"
+        parts.append("<h2>Can early stopping be trusted here?</h2><p>Spearman rank correlation between the "
+                     "scores at each ASHA rung and at the next milestone, over the trials that reached both. "
+                     f"ASHA's stops are only sound when early scores rank configs as later ones do "
+                     f"(below {LOW} a simulation found ASHA no better than random search).</p>")
+        parts.append(_table([f"rung ({unit})", f"next ({unit})", "Spearman rho", "trials"],
+                            [[a, b, "–" if rho != rho else f"{rho:.2f}", n] for a, b, rho, n in corr]))
+        for a, b, rho, n in corr:
+            parts.append(f"<p class='note'>{html.escape(verdict(a, b, rho, n, search.max_t, unit))}</p>")
+
     for key, title in (("slice", "Slice plots"), ("parallel_coordinate", "Parallel coordinates"),
                        ("learning_curves", "Learning curves")):
         parts.append(f"<h2>{title}</h2>")
@@ -355,6 +368,7 @@ def _summary_lines(search: Search, made: dict) -> list[str]:
     c = search.counts()
     lines = [f"report '{search.name}': {len(search.trials)} trials ({c['completed']} full budget, "
              f"{c['early_stopped']} early-stopped, {c['failed']} failed) from the {search.source}"]
+    lines += [verdict(a, b, rho, n, search.max_t) for a, b, rho, n in rung_correlations(search)]
     for label, row in made["importance"].items():
         if row["reason"]:
             lines.append(f"importance missing for {label}: {row['reason']}")

@@ -46,7 +46,7 @@ from optuna.trial import TrialState
 from hpo.config import decode_choice
 from hpo.search import JOURNAL_FILE, STATE_FILE
 from hpo.searcher import trial_status
-from hpo.space import SpaceError, SpaceFile, load_space, optuna_distributions
+from hpo.space import SpaceError, SpaceFile, load_space, optuna_distributions, rung_milestones
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 EVALUATORS = ("PED-ANOVA", "fANOVA")
@@ -345,12 +345,18 @@ def display_distributions(spec: SpaceFile) -> dict[str, BaseDistribution]:
 
 def rung_steps(spec: SpaceFile) -> list[int]:
     """Validation indices of the ASHA rungs below the full budget (Ray's own milestone formula)."""
-    s = spec.scheduler
-    if s.name != "asha":
-        return []
-    n = int(np.log(s.max_t / s.grace_period) / np.log(s.reduction_factor) + 1)
-    steps = {math.ceil(s.grace_period * s.reduction_factor ** k) for k in range(max(n, 0))}
-    return sorted(x for x in steps if x < s.max_t)
+    return rung_milestones(spec)
+
+
+def rung_correlations(search: Search) -> list[tuple[int, int, float, int]]:
+    """(rung, next rung, Spearman rho, trials) over the trials' logged curves: the rung self-check."""
+    from hpo.rung_check import RungCorrelation
+
+    check = RungCorrelation(rung_steps(search.spec) + [search.max_t], search.mode)
+    for t in search.trials:
+        for step, value in t.curve.items():
+            check.add(t.trial_id, step, value)
+    return check.table()
 
 
 def stages(search: Search) -> list[tuple[str, int | None]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hpo.config import ConfigError, apply_overrides, dump_yaml, get_key
 from hpo.space import (SpaceError, SpaceFile, encoded_points, load_space, make_sampler, optuna_distributions,
+                       rung_milestones,
                        warn_if_from_scratch)
 
 # Beside Ray's experiment state: the parent run id and tracking URI (read by promote and report),
@@ -269,7 +270,9 @@ def run(spec: SpaceFile, args: argparse.Namespace) -> int:
 
     sched = spec.scheduler
     max_t = sched.max_t
-    mlflow_cb = tracking.MLflowSearchLogger(uri, experiment_id, parent_id, base, max_t, metric=sched.metric)
+    rungs = rung_milestones(spec)
+    mlflow_cb = tracking.MLflowSearchLogger(uri, experiment_id, parent_id, base, max_t, metric=sched.metric,
+                                            rungs=rungs, mode=sched.mode)
     progress = ProgressPrinter(sched.metric, max_t)
     trainable = tune.with_resources(tune.with_parameters(run_trial, base=base), resources)
 
@@ -281,7 +284,7 @@ def run(spec: SpaceFile, args: argparse.Namespace) -> int:
             space=optuna_distributions(spec), metric=sched.metric, mode=sched.mode,
             points_to_evaluate=encoded_points(spec) or None, sampler=make_sampler(spec),
             study_name=name, storage=JournalStorage(JournalFileBackend(str(exp_dir / JOURNAL_FILE))),
-            max_t=max_t, feedback=spec.search.feedback)
+            max_t=max_t, feedback=spec.search.feedback, diverged_feedback=spec.search.diverged_feedback)
         scheduler = (ASHAScheduler(time_attr=sched.time_attr, max_t=max_t, grace_period=sched.grace_period,
                                    reduction_factor=sched.reduction_factor)
                      if sched.name == "asha" else FIFOScheduler())

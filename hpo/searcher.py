@@ -4,8 +4,19 @@ Out of the box, Ray's `OptunaSearch` tells Optuna that a trial ASHA stopped earl
 with its early score, so TPE mixes 1-epoch and full-budget scores as if they were comparable.
 Here a trial that ends (without error) before the full budget `max_t` is told as PRUNED: Optuna
 keeps its intermediate values (one per validation, reported as they arrive) and records its last
-one as the value, which is how Optuna's own pruners leave trials. A trial whose loss diverged is
-told as FAIL. `feedback="complete"` restores Ray's behaviour (kept for the efficiency benchmark).
+one as the value, which is how Optuna's own pruners leave trials. `feedback="complete"` restores
+Ray's behaviour (kept for the efficiency benchmark).
+
+A trial whose loss diverged is told as `diverged_feedback` says:
+- "pruned" (default): PRUNED with the intermediate values it reported before diverging. TPE never
+  sees FAIL trials, so with "fail" it could not learn to avoid a diverging region (a too-high LR);
+  a PRUNED trial is ranked by how far it got and its last finite score, and one that diverged in
+  its first epoch has no value and ranks last.
+- "worst": COMPLETE with the worst score any trial of the study has reported so far (user attr
+  `diverged`), so TPE always counts it among the bad trials, however many trials completed.
+- "fail": FAIL, as before (TPE ignores it).
+Note on TPE (Optuna 5, `_split_trials`): COMPLETE trials fill the "good" group first and PRUNED
+trials only while fewer than gamma(n) trials completed, ranked by furthest step, then value.
 
 On `--resume` after a driver that was SIGKILLed, the searcher comes back from Ray's last snapshot
 while the Optuna journal holds everything asked since: a trial asked after that snapshot is
@@ -34,10 +45,11 @@ def trial_status(last_result: dict | None, errored: bool, max_t: int) -> str:
 
 
 class HonestOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_t: int, feedback: str = "pruned", **kwargs):
+    def __init__(self, *args, max_t: int, feedback: str = "pruned", diverged_feedback: str = "pruned", **kwargs):
         super().__init__(*args, **kwargs)
         self._max_t = max_t
         self._feedback = feedback
+        self._diverged_feedback = diverged_feedback
         self._reported_step: dict[str, int] = {}   # last step told to Optuna per trial
 
     def restore(self, checkpoint_path: str):
@@ -79,9 +91,30 @@ class HonestOptunaSearch(OptunaSearch):
                 logger.debug("report skipped: %s", exc)
         if status == "completed" or (status == "early_stopped" and self._feedback == "complete"):
             return super().on_trial_complete(trial_id, result, error)
-        state = TrialState.PRUNED if status == "early_stopped" else TrialState.FAIL
+        diverged = status == "failed" and not error and bool(result and result.get("diverged"))
+        state, value = TrialState.PRUNED if status == "early_stopped" else TrialState.FAIL, None
+        if diverged and self._diverged_feedback == "pruned":
+            state = TrialState.PRUNED
+        elif diverged and self._diverged_feedback == "worst":
+            state, value = TrialState.COMPLETE, self._worst_value()
+            if value is None:
+                state = TrialState.PRUNED        # nothing reported yet to call worst
         try:
-            self._ot_study.tell(self._ot_trials[trial_id], state=state)
+            if diverged:
+                self._ot_trials[trial_id].set_user_attr("diverged", True)
+            self._ot_study.tell(self._ot_trials[trial_id], state=state, values=value)
         except Exception as exc:   # noqa: BLE001 - a bookkeeping hiccup must not stop the search
             logger.warning("optuna tell failed for %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+    def _worst_value(self) -> float | None:
+        """The worst score any trial reported so far (final or intermediate)."""
+        seen = []
+        for t in self._ot_study.get_trials(deepcopy=False):
+            seen.extend(t.intermediate_values.values())
+            if t.state == TrialState.COMPLETE and t.value is not None:
+                seen.append(t.value)
+        seen = [v for v in seen if v == v]
+        if not seen:
+            return None
+        return min(seen) if self._mode == "max" else max(seen)

@@ -96,6 +96,9 @@ class SearchSection(_Strict):
     # "pruned": ASHA-stopped trials are told to Optuna as PRUNED (ctxtune's honest feedback);
     # "complete": Ray's out-of-the-box behaviour, kept for the search-efficiency benchmark.
     feedback: Literal["pruned", "complete"] = "pruned"
+    # How a diverged trial (NaN loss) is told to Optuna: "pruned" (its last finite scores), "worst"
+    # (COMPLETE with the worst score seen so far), "fail" (ignored by TPE). hpo/searcher.py.
+    diverged_feedback: Literal["pruned", "worst", "fail"] = "pruned"
 
 
 class SchedulerSection(_Strict):
@@ -232,6 +235,10 @@ def validate(spec: SpaceFile) -> None:
                          f"got {sched.max_t}")
     if sched.name == "asha" and sched.grace_period > sched.max_t:
         raise SpaceError(f"scheduler.grace_period: expected <= max_t ({sched.max_t}), got {sched.grace_period}")
+    if base["optim"]["rungs"] is None and rung_milestones(spec):
+        # optim.schedule: rung_poly anneals at the ASHA rungs; written into the base so every
+        # trial's config.yaml carries them (hpo.train reproduces a trial), ignored by other schedules.
+        base["optim"]["rungs"] = [r * base["budget"]["val_every"] for r in rung_milestones(spec)]
     if spec.search.max_concurrent > spec.search.num_samples:
         spec.search.max_concurrent = spec.search.num_samples
     for i, point in enumerate(spec.search.points_to_evaluate):
@@ -240,6 +247,16 @@ def validate(spec: SpaceFile) -> None:
                 raise SpaceError(f"search.points_to_evaluate[{i}].{key}: not a key of space")
             _check_in(spec.space[key], value, f"search.points_to_evaluate[{i}].{key}")
     _check_structure(spec)
+
+
+def rung_milestones(spec: SpaceFile) -> list[int]:
+    """Validation indices where ASHA compares trials, below max_t (a milestone m is reached at ceil(m))."""
+    from hpo.schedules import asha_rungs
+
+    s = spec.scheduler
+    if s.name != "asha":
+        return []
+    return sorted({math.ceil(r) for r in asha_rungs(s.grace_period, s.reduction_factor, s.max_t)} - {s.max_t})
 
 
 def _check_in(dist: Distribution, value: Any, where: str) -> None:

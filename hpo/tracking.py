@@ -47,11 +47,13 @@ from ray.tune import Callback
 
 from hpo.config import apply_overrides, dump_yaml, flatten
 from hpo.mlflow_store import log_params
+from hpo.rung_check import RungCorrelation, verdict
 from hpo.searcher import trial_status
 
 logger = logging.getLogger(__name__)
 
-PER_EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds")
+PER_EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds",
+                     "val_miou_raw", "val_pixel_acc_raw", "anneal_seconds")   # *_raw: annealed evaluation
 RETRY_EVERY_S = 2.0       # while the store is unreachable, events retry the queue at most this often
 
 
@@ -59,7 +61,8 @@ class MLflowSearchLogger(Callback):
     """Ray Tune callback: one nested MLflow run per trial under the search's parent run."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base: dict, max_t: int,
-                 metric: str = "val_miou", class_names: list[str] | None = None):
+                 metric: str = "val_miou", class_names: list[str] | None = None, rungs: list[int] | None = None,
+                 mode: str = "max"):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -78,6 +81,8 @@ class MLflowSearchLogger(Callback):
         self.delayed_seconds = 0.0              # time the queue was blocked by an unreachable store
         self._blocked_since: float | None = None
         self._next_try = 0.0                    # while blocked, retry at most every RETRY_EVERY_S
+        # Rung self-check (hpo/rung_check.py): scores at the ASHA rungs and the full budget.
+        self.rung_check = RungCorrelation(sorted(set(rungs or []) | {max_t}), mode) if rungs else None
 
     # Tune pickles callbacks with the experiment; the client is rebuilt on the other side.
     def __getstate__(self):
@@ -177,12 +182,31 @@ class MLflowSearchLogger(Callback):
         self.logged_step[tid] = step
         ts = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), ts, step) for k in PER_EPOCH_METRICS if k in result]
+        self._check_rungs(tid, step, result.get(self.metric), ts)
         where = (result.get("node_id"), str(result.get("pid")) if "pid" in result else None)
         tags = []
         if where[0] and where != self.where.get(tid):
             self.where[tid] = where
             tags = [RunTag("ray_node_id", where[0]), RunTag("ray_pid", where[1] or "")]
         self._submit(lambda: self.client.log_batch(self.run_ids[tid], metrics=metrics, tags=tags))
+
+    def _check_rungs(self, tid: str, step: int, value, ts: int) -> None:
+        """A trial reached a milestone: when that completes a (rung, next rung) pair, log the pair's
+        rank correlation over all trials that reached both to the parent run (step = trials)."""
+        if self.rung_check is None or value is None:
+            return
+        done = self.rung_check.add(tid, step, float(value))
+        if done is None:
+            return
+        rho, n = self.rung_check.pair(*done)
+        if rho == rho:        # NaN until there are enough distinct scores
+            metric = Metric(f"rung_corr_{done[0]}_{done[1]}", rho, ts, n)
+            self._submit(lambda: self.client.log_batch(self.parent_run_id, metrics=[metric]))
+
+    def rung_lines(self, unit: str = "epoch") -> list[str]:
+        if self.rung_check is None:
+            return []
+        return [verdict(a, b, rho, n, self.max_t, unit) for a, b, rho, n in self.rung_check.table()]
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, errored=False)
@@ -229,6 +253,13 @@ class MLflowSearchLogger(Callback):
                 self._finish(trial, errored=trial.status == "ERROR")
 
     def on_experiment_end(self, trials, **info):
+        lines = self.rung_lines()
+        if lines:
+            print("\n".join(lines), flush=True)
+            text = "\n".join(lines) + "\n"
+            tags = [RunTag("rung_check", "low" if any(": LOW" in ln for ln in lines) else "ok")]
+            self._submit(lambda: (self.client.log_text(self.parent_run_id, text, "rung_check.txt"),
+                                  self.client.log_batch(self.parent_run_id, tags=tags)))
         drained = self.flush(deadline_s=120.0)
         if self._blocked_since is not None:      # still down: count the time so far
             self.delayed_seconds += time.monotonic() - self._blocked_since

@@ -102,7 +102,8 @@ def test_killed_trial_restarts_from_checkpoint_and_diverged_trial_fails(tiny_dat
     print(f"\nkilled trial: SIGKILL after {steps_before} epoch(s); next epoch logged "
           f"{after[0].timestamp / 1000 - killed_at:.1f} s after the kill (restart + the lost partial epoch)")
 
-    # the diverged trial: failed at once (one step at most), the reason on the run, FAIL in Optuna
+    # the diverged trial: failed at once (one step at most), the reason on the run, PRUNED in Optuna
+    # (search.diverged_feedback's default, so TPE learns to avoid the region; FAIL it would ignore)
     diverged = [r for r in runs if float(r.data.params["optim.lr"]) > 1e6 and r.data.tags["status"] == "failed"]
     assert diverged, [(r.data.params["optim.lr"], r.data.tags["status"]) for r in runs]
     for r in diverged:
@@ -113,7 +114,8 @@ def test_killed_trial_restarts_from_checkpoint_and_diverged_trial_fails(tiny_dat
         assert client.get_metric_history(r.info.run_id, "val_miou") == []   # its placeholder is not a score
     study = load_study(tmp_path, "killtrial")
     by_lr = {t.params["optim.lr"]: t.state for t in study.trials}
-    assert by_lr[1e12] == optuna.trial.TrialState.FAIL
+    assert by_lr[1e12] == optuna.trial.TrialState.PRUNED
+    assert next(t for t in study.trials if t.params["optim.lr"] == 1e12).user_attrs["diverged"] is True
     assert by_lr[0.02] == optuna.trial.TrialState.COMPLETE
     assert all(t.state.is_finished() for t in study.trials)
 

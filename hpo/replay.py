@@ -1,0 +1,440 @@
+"""Replay a search in simulated time through the real searcher and scheduler objects.
+
+    python -m hpo.replay                                   # the tabulated benchmark, the demo's settings
+    python -m hpo.replay --schedule wsd --grace 3 --rf 2 --sampler tpe --budget-epochs 243
+    python -m hpo.replay SEARCH                            # a finished search's own logged curves
+    python -m hpo.replay SEARCH --sampler random --grace 2 # "would this have found my winner cheaper?"
+
+A replay is a search whose trials do not train: each suggested config is snapped to the nearest
+config with known learning curves (the tabulated benchmark `benchmarks/tables/*.npz`, or the trials
+of a finished search) and its results arrive from that curve at simulated times. Everything else is
+the code a real `hpo.search` runs: `HonestOptunaSearch` with the sampler `make_sampler` builds,
+behind Ray's `ConcurrencyLimiter`, and Ray's `ASHAScheduler`, called in the order Ray's
+TuneController calls them (Syne Tune's simulator backend follows the same design):
+
+- a free slot asks the searcher (`suggest`) and adds the trial to the scheduler (`on_trial_add`);
+- each result goes to `scheduler.on_trial_result`; unless that says STOP it goes on to
+  `searcher.on_trial_result`; the trial's last result (its budget, a STOP, or a diverged loss)
+  ends it with `scheduler.on_trial_complete` then `searcher.on_trial_complete`;
+- events are taken from a heap of simulated finish times (ties in creation order); a stopped trial
+  drops its future events; the replay ends at `num_samples` trials or an epoch budget.
+
+Result times: per-epoch seconds of the tabulated run, or 1 time unit per epoch for a search source
+(with one trial at a time the order, and so every ASHA decision, does not depend on durations).
+
+Choices, documented because the real search cannot tell us:
+- Snapping: nearest tabulated config in the unit cube of the space (log knobs on their log scale,
+  ints over their range, categoricals 0/1). The searcher is told the snapped config's scores for
+  the params it asked.
+- Training noise: each trial draws one of the tabulated training seeds (the replay's RNG).
+- A trial that needs an epoch its source never measured (a search's early-stopped trial promoted
+  further in the replay) ends there and counts as `censored`; the summary says how many.
+- Regret: quality of the returned config = its mean final score over the tabulated seeds; the
+  returned config is the completed trial with the best *observed* final score, as the leaderboard
+  picks it. Regret = best mean final score in the source minus that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+DEFAULT_TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / "msglore_toy_curves.npz"
+
+
+class ReplayError(ValueError):
+    """Bad replay input: one line, exit code 2."""
+
+
+@dataclass
+class CurveSource:
+    """Learning curves of known configs: what a replayed trial reports."""
+    name: str
+    distributions: dict[str, Any]         # dotted key -> optuna distribution (the searched space)
+    params: list[dict[str, Any]]          # per config, Optuna-encoded values
+    curves: np.ndarray                    # (configs, seeds, max_t) scheduler metric; NaN = not measured
+    finals: np.ndarray                    # (configs, seeds) full-budget score; NaN = never reached
+    diverged_at: np.ndarray               # (configs, seeds) validation that diverged, 0 = none
+    epoch_seconds: np.ndarray             # (configs, seeds) simulated seconds per validation
+    metric: str = "val_miou"
+    mode: str = "max"
+
+    def __post_init__(self):
+        self._unit = np.array([[_unit(self.distributions[k], p.get(k)) for k in self.distributions]
+                               for p in self.params], dtype=np.float64)
+
+    @property
+    def max_t(self) -> int:
+        return self.curves.shape[2]
+
+    def snap(self, params: dict[str, Any]) -> int:
+        """Index of the nearest known config (unit-cube Euclidean distance)."""
+        x = np.array([_unit(d, params.get(k)) for k, d in self.distributions.items()], dtype=np.float64)
+        return int(np.argmin(np.nansum((self._unit - x) ** 2, axis=1)))
+
+    def quality(self) -> np.ndarray:
+        """Mean final score of every config over its seeds (NaN where no seed reached the end)."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # a config no seed finished: NaN
+            return np.nanmean(self.finals, axis=1) if self.finals.size else self.finals
+
+
+def _unit(dist, value) -> float:
+    import optuna
+
+    if value is None:
+        return math.nan
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return float(dist.choices.index(value)) if value in dist.choices else math.nan
+    low, high = dist.low, dist.high
+    if getattr(dist, "log", False):
+        low, high, value = math.log(low), math.log(high), math.log(value)
+    return 0.0 if high == low else (value - low) / (high - low)
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+def table_schedules(path: Path = DEFAULT_TABLE) -> list[str]:
+    meta = json.loads(str(np.load(path)["meta"]))
+    return list(meta["schedules"])
+
+
+def from_table(path: Path = DEFAULT_TABLE, schedule: str = "poly", annealed: bool = False) -> CurveSource:
+    """The tabulated benchmark (benchmarks/curve_table.py) under one LR schedule. `annealed`: the
+    scheduler sees the annealed-evaluation score where the table has one (else the plain one)."""
+    import optuna
+
+    path = Path(path)
+    if not path.is_file():
+        raise ReplayError(f"{path}: table not found (build it with python -m benchmarks.curve_table)")
+    z = np.load(path)
+    meta = json.loads(str(z["meta"]))
+    names = list(meta["schedules"])
+    if schedule not in names:
+        raise ReplayError(f"--schedule: expected one of {names}, got {schedule!r}")
+    si = names.index(schedule)
+    raw = z["raw"][si].astype(np.float64)
+    curves = raw.copy()
+    if annealed:
+        ann = z["annealed"][si].astype(np.float64)
+        curves = np.where(np.isnan(ann), raw, ann)
+    dists = {}
+    for key, d in meta["space"].items():
+        if d["type"] == "int":
+            dists[key] = optuna.distributions.IntDistribution(d["low"], d["high"])
+        else:
+            dists[key] = optuna.distributions.FloatDistribution(d["low"], d["high"], log=d.get("log", False))
+    keys = list(meta["space"])
+    params = [{k: (int(v) if isinstance(dists[k], optuna.distributions.IntDistribution) else float(v))
+               for k, v in zip(keys, row)} for row in z["params"]]
+    epochs = raw.shape[2]
+    return CurveSource(name=f"{path.name}:{schedule}{'+annealed' if annealed else ''}", distributions=dists,
+                       params=params, curves=curves, finals=raw[:, :, -1], diverged_at=z["diverged_at"][si].astype(int),
+                       epoch_seconds=z["seconds"][si].astype(np.float64) / epochs)
+
+
+def from_search(search) -> CurveSource:
+    """A finished search (hpo.report_data.Search): each trial is one known config with one seed;
+    its curve stops where the search stopped it."""
+    from hpo.space import optuna_distributions
+
+    max_t = search.max_t
+    trials = [t for t in search.trials if t.params]
+    if not trials:
+        raise ReplayError(f"search '{search.name}': no trials with parameters to replay")
+    curves = np.full((len(trials), 1, max_t), np.nan)
+    diverged = np.zeros((len(trials), 1), int)
+    for i, t in enumerate(trials):
+        for step, value in t.curve.items():
+            if 1 <= step <= max_t and math.isfinite(value):
+                curves[i, 0, step - 1] = value
+        if t.status == "failed":
+            diverged[i, 0] = min(t.last_step + 1, max_t)
+    return CurveSource(name=f"search {search.name}", distributions=optuna_distributions(search.spec),
+                       params=[t.params for t in trials], curves=curves, finals=curves[:, :, -1],
+                       diverged_at=diverged, epoch_seconds=np.ones((len(trials), 1)),
+                       metric=search.metric, mode=search.mode)
+
+
+# --- the simulation ----------------------------------------------------------------------------
+
+@dataclass
+class ReplaySettings:
+    sampler: str = "tpe"
+    seed: int = 0
+    scheduler: str = "asha"              # asha | none
+    grace_period: int = 1
+    reduction_factor: float = 3
+    max_t: int | None = None             # default: the source's full budget
+    max_concurrent: int = 2
+    num_samples: int | None = None       # default: what `budget_epochs` buys at ASHA's expected cost
+    budget_epochs: int | None = None
+    feedback: str = "pruned"
+    diverged_feedback: str = "fail"
+    points_to_evaluate: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ReplayTrial:
+    trial_id: str
+    config: int                # index in the source
+    seed: int                  # column in the source
+    epochs: int = 0
+    status: str = "running"    # completed | early_stopped | failed | censored
+    last: float | None = None
+
+
+@dataclass
+class ReplayResult:
+    trials: list[ReplayTrial]
+    events: list[tuple[float, str, int, float, str]]   # (time, trial, step, value, decision)
+    trajectory: list[tuple[int, float, float]]         # (epochs used, observed best, its true quality)
+    epochs: int
+    best_quality: float                                 # best mean final score in the source
+
+    def regret_at(self, epochs: int) -> float:
+        """Regret of the config the search would return after `epochs` epochs (inf: none yet)."""
+        got = [q for e, _, q in self.trajectory if e <= epochs]
+        return self.best_quality - got[-1] if got else math.inf
+
+    def epochs_to(self, quality: float) -> int | None:
+        """Epochs until the returned config's true quality reached `quality` (None: never)."""
+        return next((e for e, _, q in self.trajectory if q >= quality), None)
+
+    def decisions(self) -> dict[str, tuple[str, int]]:
+        return {t.trial_id: (t.status, t.epochs) for t in self.trials}
+
+
+def expected_epochs_per_trial(max_t: int, grace: int, rf: float) -> float:
+    """Epochs one trial costs on average under ASHA: a share 1/rf^k passes rung k."""
+    from hpo.schedules import asha_rungs
+
+    total, prev = 0.0, 0
+    for k, rung in enumerate(asha_rungs(grace, rf, max_t) + [max_t]):
+        total += (rung - prev) / rf ** k
+        prev = rung
+    return total
+
+
+def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from hpo.searcher import HonestOptunaSearch
+    from hpo.space import SearchSection, make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    s = settings
+    max_t = s.max_t or source.max_t
+    if max_t > source.max_t:
+        raise ReplayError(f"--max-t: the source has {source.max_t} validations per trial, got {max_t}")
+    asha = s.scheduler == "asha"
+    num_samples = s.num_samples
+    if num_samples is None:
+        if not s.budget_epochs:
+            raise ReplayError("give num_samples or budget_epochs")
+        per_trial = expected_epochs_per_trial(max_t, s.grace_period, s.reduction_factor) if asha else max_t
+        num_samples = math.ceil(s.budget_epochs / per_trial)
+    search = SearchSection(sampler=s.sampler, seed=s.seed, num_samples=num_samples,
+                           max_concurrent=min(s.max_concurrent, num_samples), feedback=s.feedback)
+    sampler = make_sampler(SimpleNamespace(search=search))
+    searcher = HonestOptunaSearch(space=source.distributions, metric=source.metric, mode=source.mode,
+                                  points_to_evaluate=s.points_to_evaluate or None, sampler=sampler,
+                                  max_t=max_t, feedback=s.feedback, diverged_feedback=s.diverged_feedback)
+    limiter = ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
+    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=source.metric, mode=source.mode,
+                               max_t=max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+                 if asha else FIFOScheduler())
+    rng = np.random.default_rng(s.seed)
+    quality = source.quality()
+    best_quality = float(np.nanmax(quality))
+    sign = 1.0 if source.mode == "max" else -1.0
+
+    heap: list[tuple[float, int, str, int]] = []
+    seq = 0
+    trials: dict[str, ReplayTrial] = {}
+    handles: dict[str, Any] = {}
+    events, trajectory = [], []
+    running: set[str] = set()
+    epochs = 0
+    best_observed = -math.inf
+    now = 0.0
+
+    def out_of_budget() -> bool:
+        return bool(s.budget_epochs) and epochs >= s.budget_epochs
+
+    def fill() -> None:
+        nonlocal seq
+        while len(running) < search.max_concurrent and len(trials) < num_samples and not out_of_budget():
+            tid = f"{len(trials):05d}"
+            params = limiter.suggest(tid)
+            if params is None:
+                return
+            ci = source.snap(params)
+            seed = int(rng.integers(source.curves.shape[1]))
+            trials[tid] = ReplayTrial(tid, ci, seed)
+            handles[tid] = _trial_handle(tid, params)
+            scheduler.on_trial_add(None, handles[tid])
+            running.add(tid)
+            heapq.heappush(heap, (now + source.epoch_seconds[ci, seed], seq, tid, 1))
+            seq += 1
+
+    def finish(tid: str, result: dict, status: str) -> None:
+        nonlocal best_observed
+        t = trials[tid]
+        t.status = status
+        scheduler.on_trial_complete(None, handles[tid], result)
+        limiter.on_trial_complete(tid, result=result, error=False)
+        running.discard(tid)
+        if status == "completed" and sign * t.last > best_observed:
+            best_observed = sign * t.last
+            trajectory.append((epochs, t.last, float(quality[t.config])))
+
+    fill()
+    while heap and not out_of_budget():
+        now, _, tid, step = heapq.heappop(heap)
+        t = trials[tid]
+        value = source.curves[t.config, t.seed, step - 1]
+        diverged = source.diverged_at[t.config, t.seed] == step
+        if not diverged and not math.isfinite(value):
+            # the source never measured this epoch (a search's early-stopped trial): end it here
+            t.status = "censored"
+            scheduler.on_trial_remove(None, handles[tid]) if asha else None
+            limiter.on_trial_complete(tid, result=None, error=True)
+            running.discard(tid)
+            fill()
+            continue
+        epochs += 1
+        t.epochs = step
+        result = {source.metric: float(value) if not diverged else (t.last if t.last is not None else 0.0),
+                  "training_iteration": step, "trial_id": tid}
+        if diverged:
+            result["diverged"] = True
+        else:
+            t.last = float(value)
+        decision = scheduler.on_trial_result(None, handles[tid], result)
+        if decision != TrialScheduler.STOP:
+            limiter.on_trial_result(tid, result)
+        events.append((now, tid, step, result[source.metric], "diverged" if diverged else decision))
+        if diverged:
+            finish(tid, result, "failed")
+        elif decision == TrialScheduler.STOP or step >= max_t:
+            finish(tid, result, "completed" if step >= max_t else "early_stopped")
+        else:
+            heapq.heappush(heap, (now + source.epoch_seconds[t.config, t.seed], seq, tid, step + 1))
+            seq += 1
+        fill()
+    return ReplayResult(list(trials.values()), events, trajectory, epochs, best_quality)
+
+
+def _trial_handle(trial_id: str, params: dict):
+    """What Ray's schedulers are handed for a trial: a stub Trial (no actor, no storage)."""
+    from ray.tune.experiment import Trial
+
+    return Trial("replay", config=params, trial_id=trial_id, stub=True)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def summary(source: CurveSource, settings: ReplaySettings, res: ReplayResult) -> str:
+    counts = {k: sum(t.status == k for t in res.trials) for k in ("completed", "early_stopped", "failed", "censored")}
+    best = res.trajectory[-1] if res.trajectory else None
+    lines = [f"replay of {source.name}: {settings.sampler}, "
+             + (f"ASHA grace {settings.grace_period} rf {settings.reduction_factor}" if settings.scheduler == "asha"
+                else "no early stopping")
+             + f", {settings.max_concurrent} at a time, seed {settings.seed}",
+             f"{len(res.trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), {res.epochs} epochs"]
+    if best:
+        t = next(t for t in res.trials if t.last == best[1] and t.status == "completed")
+        knobs = ", ".join(f"{k}={_show(v)}" for k, v in source.params[t.config].items())
+        lines.append(f"returned config (trial {t.trial_id}, found after {best[0]} epochs): {knobs}")
+        lines.append(f"  observed {best[1]:.2f}, mean over seeds {best[2]:.2f}; best in the source "
+                     f"{res.best_quality:.2f}; regret {res.best_quality - best[2]:.2f}")
+    else:
+        lines.append("no trial completed the full budget")
+    if counts["censored"]:
+        lines.append(f"note: {counts['censored']} trials needed epochs the source never measured (ended there)")
+    return "\n".join(lines)
+
+
+def _show(v):
+    return f"{v:.4g}" if isinstance(v, float) else v
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hpo.replay", description=__doc__.splitlines()[0])
+    p.add_argument("search", nargs="?", help="a finished search (name, Ray results dir or MLflow parent run id); "
+                                             "default: the tabulated benchmark")
+    p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    p.add_argument("--schedule", default="poly", help="table only: the LR schedule's curves (poly, wsd, rung_poly)")
+    p.add_argument("--annealed", action="store_true", help="table only: rungs see annealed-evaluation scores")
+    p.add_argument("--sampler", choices=["tpe", "random", "cmaes", "gp", "nsga2"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", choices=["asha", "none"])
+    p.add_argument("--grace", type=int, help="ASHA grace period (validations)")
+    p.add_argument("--rf", type=float, help="ASHA reduction factor")
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--budget-epochs", type=int, help="stop after this many epochs (validations) in all")
+    p.add_argument("--feedback", choices=["pruned", "complete"])
+    p.add_argument("--diverged-feedback", choices=["fail", "pruned"])
+    p.add_argument("--storage-path", help="where the search's Ray results are (default ./ray_results)")
+    p.add_argument("--tracking-uri")
+    args = p.parse_args(argv)
+    try:
+        if args.search:
+            from hpo.report_data import ReportError, locate
+
+            try:
+                found = locate(args.search, args.storage_path, args.tracking_uri)
+            except ReportError as err:
+                raise ReplayError(str(err)) from None
+            source = from_search(found)
+            spec = found.spec
+            settings = ReplaySettings(sampler=spec.search.sampler, seed=spec.search.seed,
+                                      scheduler=spec.scheduler.name, grace_period=spec.scheduler.grace_period,
+                                      reduction_factor=spec.scheduler.reduction_factor, max_t=spec.scheduler.max_t,
+                                      max_concurrent=spec.search.max_concurrent, num_samples=spec.search.num_samples,
+                                      feedback=spec.search.feedback,
+                                      diverged_feedback=getattr(spec.search, "diverged_feedback", "fail"),
+                                      points_to_evaluate=_encoded(spec))
+        else:
+            source = from_table(args.table, args.schedule, args.annealed)
+            settings = ReplaySettings(num_samples=None, budget_epochs=27 * source.max_t)
+        for flag, attr in [("sampler", "sampler"), ("scheduler", "scheduler"), ("grace", "grace_period"),
+                           ("rf", "reduction_factor"), ("max_concurrent", "max_concurrent"),
+                           ("feedback", "feedback"), ("diverged_feedback", "diverged_feedback")]:
+            if getattr(args, flag) is not None:
+                setattr(settings, attr, getattr(args, flag))
+        settings.seed = args.seed if args.search is None or args.seed else settings.seed
+        if args.budget_epochs is not None:
+            settings.budget_epochs, settings.num_samples = args.budget_epochs, None
+        if args.num_samples is not None:
+            settings.num_samples = args.num_samples
+        print(summary(source, settings, replay(source, settings)))
+    except ReplayError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _encoded(spec) -> list[dict]:
+    from hpo.space import encoded_points
+
+    return encoded_points(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

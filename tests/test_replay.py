@@ -1,0 +1,192 @@
+"""Replay in simulated time (hpo/replay.py), the rung self-check and diverged-trial feedback.
+
+The replay drives the real HonestOptunaSearch / Optuna sampler / Ray ASHAScheduler; the check
+against reality runs a real search (local Ray, Optuna journal, MLflow sqlite) and replays its own
+logged curves."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import tiny_run_config
+
+
+def synthetic_source(n: int = 64, max_t: int = 9, seeds: int = 2):
+    """Curves that rise to a config-dependent plateau, with per-seed noise and a few divergences."""
+    from hpo.replay import CurveSource
+
+    rng = np.random.default_rng(0)
+    dists = {"x": optuna.distributions.FloatDistribution(0.0, 1.0),
+             "lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True),
+             "n": optuna.distributions.IntDistribution(1, 8)}
+    params = [{"x": float(rng.random()), "lr": float(10 ** rng.uniform(-3, 0)), "n": int(rng.integers(1, 9))}
+              for _ in range(n)]
+    top = np.array([20 * (1 - (p["x"] - 0.6) ** 2) + p["n"] for p in params])
+    t = np.arange(1, max_t + 1)
+    curves = top[:, None, None] * (1 - np.exp(-t / 3.0))[None, None, :] + rng.normal(0, 1, (n, seeds, max_t))
+    diverged = np.zeros((n, seeds), int)
+    for i, p in enumerate(params):
+        if p["lr"] > 0.5:
+            diverged[i, :] = 2
+            curves[i, :, 1:] = np.nan
+    return CurveSource("synthetic", dists, params, curves, curves[:, :, -1], diverged,
+                       np.ones((n, seeds)) * rng.uniform(0.5, 1.5, (n, 1)))
+
+
+def test_replay_is_deterministic_for_a_seed():
+    from hpo.replay import ReplaySettings, replay
+
+    source = synthetic_source()
+    settings = ReplaySettings(sampler="tpe", seed=3, grace_period=1, reduction_factor=3, max_concurrent=4,
+                              budget_epochs=120)
+    first, again = replay(source, settings), replay(source, settings)
+    assert first.events == again.events and first.trajectory == again.trajectory
+    assert first.epochs == 120
+    other = replay(source, ReplaySettings(sampler="tpe", seed=4, grace_period=1, reduction_factor=3,
+                                          max_concurrent=4, budget_epochs=120))
+    assert other.events != first.events
+    statuses = {t.status for t in first.trials}
+    assert {"completed", "early_stopped"} <= statuses
+    # ASHA really stopped trials at its rungs (1 and 3 for grace 1 / rf 3 / max_t 9)
+    assert {t.epochs for t in first.trials if t.status == "early_stopped"} <= {1, 3}
+    assert all(t.epochs == 2 for t in first.trials if t.status == "failed")     # diverged at epoch 2
+
+
+def test_replay_snaps_to_the_nearest_config_and_scores_regret():
+    from hpo.replay import ReplaySettings, replay
+
+    source = synthetic_source()
+    assert source.snap(source.params[7]) == 7
+    res = replay(source, ReplaySettings(sampler="random", scheduler="none", max_concurrent=2, num_samples=64))
+    assert res.trajectory, "random search over all configs completes some"
+    best = res.trajectory[-1]
+    assert res.best_quality - best[2] == pytest.approx(res.regret_at(res.epochs))
+    assert res.regret_at(0) == math.inf
+
+
+def test_diverged_trials_feedback_to_optuna():
+    """pruned (default): PRUNED with the scores it had; worst: COMPLETE at the worst score seen; fail: FAIL."""
+    from hpo.searcher import HonestOptunaSearch
+
+    space = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    for mode, state in [("pruned", optuna.trial.TrialState.PRUNED), ("worst", optuna.trial.TrialState.COMPLETE),
+                        ("fail", optuna.trial.TrialState.FAIL)]:
+        s = HonestOptunaSearch(space=space, metric="val_miou", mode="max", max_t=3, diverged_feedback=mode,
+                               sampler=optuna.samplers.RandomSampler(seed=0))
+        s.suggest("good")
+        for step, v in [(1, 5.0), (2, 7.0)]:
+            s.on_trial_result("good", {"val_miou": v, "training_iteration": step})
+        s.on_trial_complete("good", {"val_miou": 9.0, "training_iteration": 3})
+        s.suggest("nan")
+        s.on_trial_result("nan", {"val_miou": 3.0, "training_iteration": 1})
+        s.on_trial_complete("nan", {"val_miou": 3.0, "training_iteration": 2, "diverged": True})
+        trial = s._ot_study.trials[1]
+        assert trial.state == state, mode
+        assert trial.user_attrs["diverged"] is True
+        if mode == "worst":
+            assert trial.value == 3.0          # the worst score any trial reported
+        if mode == "pruned":
+            assert trial.intermediate_values == {1: 3.0}
+
+
+def test_rung_correlation_table():
+    from hpo.rung_check import RungCorrelation, verdict
+
+    check = RungCorrelation([1, 3, 9])
+    for i in range(8):
+        check.add(f"t{i}", 1, float(i))
+        check.add(f"t{i}", 3, float(i) if i % 2 else float(8 - i))
+    for i in range(4):
+        check.add(f"t{i}", 9, float(i))
+    (a, b, rho, n), (_, _, rho2, n2) = check.table()
+    assert (a, b, n) == (1, 3, 8) and -1 <= rho < 0.7
+    assert n2 == 4
+    assert "LOW" in verdict(a, b, rho, n, 9) and "grace_period" in verdict(a, b, rho, n, 9)
+    assert "too few" in verdict(3, 9, rho2, n2, 9)
+
+
+# --- against a real search -------------------------------------------------------------------
+
+REAL = dict(num_samples=8, max_t=3, grace=1, rf=2)
+
+
+@pytest.fixture(scope="module")
+def real_search(ray_local, tiny_data, tmp_path_factory):
+    """A small real search, one trial at a time (so the replay sees the same order), random sampler."""
+    import os
+
+    from hpo import search
+
+    tmp = tmp_path_factory.mktemp("replay")
+    base = tiny_run_config(tiny_data)
+    base["budget"]["epochs"] = REAL["max_t"]
+    base["eval"]["overlays"] = 0
+    space = {
+        "experiment": {"name": "realreplay", "storage_path": str(tmp / "ray_results"),
+                       "tracking_uri": f"sqlite:///{tmp}/mlflow.db"},
+        "base": base,
+        "space": {"model.selection.n3": {"type": "int", "low": 2, "high": 16},
+                  "loss.aux_weights.selection": {"type": "float", "low": 0.1, "high": 1.5},
+                  "optim.lr": {"type": "float", "low": 1e-3, "high": 0.2, "log": True}},
+        "search": {"sampler": "random", "seed": 5, "num_samples": REAL["num_samples"], "max_concurrent": 1},
+        "scheduler": {"name": "asha", "max_t": REAL["max_t"], "grace_period": REAL["grace"],
+                      "reduction_factor": REAL["rf"]},
+        "resources": {"cpu": 1, "gpu": 0},
+    }
+    path = tmp / "realreplay.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        assert search.main([str(path), "--no-report"]) == 0
+    finally:
+        os.chdir(cwd)
+    return tmp
+
+
+def test_replaying_a_real_search_reproduces_its_asha_decisions(real_search):
+    from hpo.replay import from_search, replay, ReplaySettings
+    from hpo.report_data import locate
+
+    found = locate("realreplay", str(real_search / "ray_results"))
+    real = [(t.status, t.last_step) for t in found.trials]
+    assert len(real) == REAL["num_samples"]
+    assert {"completed", "early_stopped"} <= {s for s, _ in real}, real
+    source = from_search(found)
+    res = replay(source, ReplaySettings(sampler="random", seed=5, grace_period=REAL["grace"],
+                                        reduction_factor=REAL["rf"], max_concurrent=1,
+                                        num_samples=REAL["num_samples"]))
+    # the same sampler and seed suggest the same configs, and ASHA decides the same on the same curves
+    assert [source.params[t.config] for t in res.trials] == [t.params for t in found.trials]
+    assert [(t.status, t.epochs) for t in res.trials] == real
+
+
+def test_replay_cli_on_a_finished_search(real_search, capsys):
+    from hpo import replay
+
+    rc = replay.main(["realreplay", "--storage-path", str(real_search / "ray_results"), "--grace", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "replay of search realreplay: random, ASHA grace 2" in out
+    assert replay.main(["nosuchsearch", "--storage-path", str(real_search / "ray_results")]) == 2
+    assert "no search named 'nosuchsearch'" in capsys.readouterr().err
+
+
+def test_rung_correlation_is_logged_to_the_parent_run(real_search):
+    client = MlflowClient(f"sqlite:///{real_search}/mlflow.db")
+    exp = client.get_experiment_by_name("realreplay")
+    parent = client.search_runs([exp.experiment_id], "tags.`ctxtune.search` = 'realreplay'")[0]
+    history = client.get_metric_history(parent.info.run_id, "rung_corr_1_2")
+    assert history, sorted(parent.data.metrics)
+    assert all(-1.0 <= m.value <= 1.0 for m in history)
+    assert [m.step for m in history] == sorted(m.step for m in history)       # step = trials in the pair
+    text = client.download_artifacts(parent.info.run_id, "rung_check.txt", str(real_search))
+    lines = open(text).read().splitlines()
+    assert lines[0].startswith("rung check: Spearman(epoch 1, epoch 2)")
+    assert parent.data.tags["rung_check"] in ("ok", "low")
