@@ -172,14 +172,54 @@ def pack(n_configs: int, table: Path, wall: float | None = None, workers: int | 
           f"({table.stat().st_size / 1024:.0f} KiB)", file=sys.stderr)
 
 
+def rank_table(table: Path = TABLE, rungs=(1, 2, 3, 4, 6)) -> str:
+    """Per schedule (plain / annealed score at the rung) and rung: Spearman(rung score, final score)
+    over configs (seed 0's rung vs the mean final over seeds), and the seed-to-seed spread."""
+    from scipy.stats import spearmanr
+
+    z = np.load(table)
+    meta = json.loads(str(z["meta"]))
+    raw, ann = z["raw"].astype(np.float64), z["annealed"].astype(np.float64)
+    n = raw.shape[1]
+    lines = [f"| schedule | score at the rung | " + " | ".join(f"epoch {r}" for r in rungs) +
+             " | seed spread, final (median abs diff) | best final (mean of seeds) | diverged runs |",
+             "|---|---|" + "---:|" * len(rungs) + "---:|---:|---:|"]
+    for si, name in enumerate(meta["schedules"]):
+        final = np.nanmean(raw[si, :, :, -1], axis=1)
+        spread = np.nanmedian(np.abs(raw[si, :, 0, -1] - raw[si, :, 1, -1]))
+        div = int((z["diverged_at"][si] > 0).sum())
+        for label, src in (("plain", raw[si]), ("annealed fork", ann[si])):
+            cells = []
+            for r in rungs:
+                x = src[:, 0, r - 1]
+                ok = np.isfinite(x) & np.isfinite(final)
+                if ok.sum() < 10:
+                    cells.append("–")
+                    continue
+                rho = spearmanr(x[ok], final[ok]).statistic
+                # seed noise at the rung itself: Spearman between the two seeds' rung scores
+                y = src[:, 1, r - 1]
+                ok2 = np.isfinite(x) & np.isfinite(y)
+                rho_seed = spearmanr(x[ok2], y[ok2]).statistic
+                cells.append(f"{rho:.2f} ({rho_seed:.2f})")
+            if label == "annealed fork" and all(c == "–" for c in cells):
+                continue
+            lines.append(f"| {name} | {label} | " + " | ".join(cells) +
+                         f" | {spread:.2f} | {np.nanmax(final):.2f} | {div} of {2 * n} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.curve_table", description=__doc__.splitlines()[0])
     p.add_argument("--configs", type=int, default=256, help="Sobol points (a power of 2 keeps them balanced)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--table", type=Path, default=TABLE)
     p.add_argument("--pack", action="store_true", help="only pack the finished runs into the table")
+    p.add_argument("--report", action="store_true", help="print the rank-correlation table of the stored file")
     args = p.parse_args(argv)
-    if args.pack:
+    if args.report:
+        print(rank_table(args.table))
+    elif args.pack:
         pack(args.configs, args.table)
     else:
         build(args.configs, args.workers, args.table)

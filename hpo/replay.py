@@ -19,8 +19,10 @@ TuneController calls them (Syne Tune's simulator backend follows the same design
 - events are taken from a heap of simulated finish times (ties in creation order); a stopped trial
   drops its future events; the replay ends at `num_samples` trials or an epoch budget.
 
-Result times: per-epoch seconds of the tabulated run, or 1 time unit per epoch for a search source
-(with one trial at a time the order, and so every ASHA decision, does not depend on durations).
+Result times: per-epoch seconds of the tabulated run; for a search source, each result's own
+`time_this_iter_s` from Ray's per-trial result.json when the Ray results are on this machine (the
+first one includes the trial's start-up), else 1 time unit per epoch. With one trial at a time the
+order, and so every ASHA decision, does not depend on durations; with more it can.
 
 Choices, documented because the real search cannot tell us:
 - Snapping: nearest tabulated config in the unit cube of the space (log knobs on their log scale,
@@ -64,7 +66,7 @@ class CurveSource:
     curves: np.ndarray                    # (configs, seeds, max_t) scheduler metric; NaN = not measured
     finals: np.ndarray                    # (configs, seeds) full-budget score; NaN = never reached
     diverged_at: np.ndarray               # (configs, seeds) validation that diverged, 0 = none
-    epoch_seconds: np.ndarray             # (configs, seeds) simulated seconds per validation
+    epoch_seconds: np.ndarray             # (configs, seeds[, max_t]) simulated seconds per validation
     metric: str = "val_miou"
     mode: str = "max"
 
@@ -75,6 +77,12 @@ class CurveSource:
     @property
     def max_t(self) -> int:
         return self.curves.shape[2]
+
+    def seconds(self, config: int, seed: int, step: int) -> float:
+        """Simulated duration of validation `step` (1-based) of a (config, seed) run."""
+        if self.epoch_seconds.ndim == 3:
+            return float(self.epoch_seconds[config, seed, min(step, self.max_t) - 1])
+        return float(self.epoch_seconds[config, seed])
 
     def snap(self, params: dict[str, Any]) -> int:
         """Index of the nearest known config (unit-cube Euclidean distance)."""
@@ -161,10 +169,28 @@ def from_search(search) -> CurveSource:
                 curves[i, 0, step - 1] = value
         if t.status == "failed":
             diverged[i, 0] = min(t.last_step + 1, max_t)
+    seconds = np.ones((len(trials), 1, max_t))
+    timed = _ray_durations(search.exp_dir) if search.exp_dir else {}
+    for i, t in enumerate(trials):
+        known = timed.get(t.trial_id, {})
+        mean = float(np.mean(list(known.values()))) if known else 1.0
+        seconds[i, 0] = [known.get(step, mean) for step in range(1, max_t + 1)]
     return CurveSource(name=f"search {search.name}", distributions=optuna_distributions(search.spec),
                        params=[t.params for t in trials], curves=curves, finals=curves[:, :, -1],
-                       diverged_at=diverged, epoch_seconds=np.ones((len(trials), 1)),
-                       metric=search.metric, mode=search.mode)
+                       diverged_at=diverged, epoch_seconds=seconds, metric=search.metric, mode=search.mode)
+
+
+def _ray_durations(exp_dir: Path) -> dict[str, dict[int, float]]:
+    """trial id -> {validation: seconds} from Ray's per-trial result.json files."""
+    out: dict[str, dict[int, float]] = {}
+    for path in Path(exp_dir).glob("*/result.json"):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                out.setdefault(row["trial_id"], {})[int(row["training_iteration"])] = float(row["time_this_iter_s"])
+            except (ValueError, KeyError, TypeError):
+                continue       # a line cut short by an interrupted write, or a result without timing
+    return out
 
 
 # --- the simulation ----------------------------------------------------------------------------
@@ -176,6 +202,7 @@ class ReplaySettings:
     scheduler: str = "asha"              # asha | none
     grace_period: int = 1
     reduction_factor: float = 3
+    brackets: int = 1                    # ASHA brackets (Hyperband-style; 1 = plain ASHA)
     max_t: int | None = None             # default: the source's full budget
     max_concurrent: int = 2
     num_samples: int | None = None       # default: what `budget_epochs` buys at ASHA's expected cost
@@ -255,9 +282,11 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
                                   max_t=max_t, feedback=s.feedback, diverged_feedback=s.diverged_feedback)
     limiter = ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
     scheduler = (ASHAScheduler(time_attr="training_iteration", metric=source.metric, mode=source.mode,
-                               max_t=max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+                               max_t=max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+                               brackets=s.brackets)
                  if asha else FIFOScheduler())
     rng = np.random.default_rng(s.seed)
+    np.random.seed(s.seed)      # ASHAScheduler draws a trial's bracket from numpy's global RNG
     quality = source.quality()
     best_quality = float(np.nanmax(quality))
     sign = 1.0 if source.mode == "max" else -1.0
@@ -288,7 +317,7 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
             handles[tid] = _trial_handle(tid, params)
             scheduler.on_trial_add(None, handles[tid])
             running.add(tid)
-            heapq.heappush(heap, (now + source.epoch_seconds[ci, seed], seq, tid, 1))
+            heapq.heappush(heap, (now + source.seconds(ci, seed, 1), seq, tid, 1))
             seq += 1
 
     def finish(tid: str, result: dict, status: str) -> None:
@@ -333,7 +362,7 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
         elif decision == TrialScheduler.STOP or step >= max_t:
             finish(tid, result, "completed" if step >= max_t else "early_stopped")
         else:
-            heapq.heappush(heap, (now + source.epoch_seconds[t.config, t.seed], seq, tid, step + 1))
+            heapq.heappush(heap, (now + source.seconds(t.config, t.seed, step + 1), seq, tid, step + 1))
             seq += 1
         fill()
     return ReplayResult(list(trials.values()), events, trajectory, epochs, best_quality)
@@ -352,7 +381,8 @@ def summary(source: CurveSource, settings: ReplaySettings, res: ReplayResult) ->
     counts = {k: sum(t.status == k for t in res.trials) for k in ("completed", "early_stopped", "failed", "censored")}
     best = res.trajectory[-1] if res.trajectory else None
     lines = [f"replay of {source.name}: {settings.sampler}, "
-             + (f"ASHA grace {settings.grace_period} rf {settings.reduction_factor}" if settings.scheduler == "asha"
+             + (f"ASHA grace {settings.grace_period} rf {settings.reduction_factor}"
+               + (f" brackets {settings.brackets}" if settings.brackets > 1 else "") if settings.scheduler == "asha"
                 else "no early stopping")
              + f", {settings.max_concurrent} at a time, seed {settings.seed}",
              f"{len(res.trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), {res.epochs} epochs"]
@@ -381,10 +411,11 @@ def main(argv=None) -> int:
     p.add_argument("--schedule", default="poly", help="table only: the LR schedule's curves (poly, wsd, rung_poly)")
     p.add_argument("--annealed", action="store_true", help="table only: rungs see annealed-evaluation scores")
     p.add_argument("--sampler", choices=["tpe", "random", "cmaes", "gp", "nsga2"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="search seed (default: the search's own, 0 for the table)")
     p.add_argument("--scheduler", choices=["asha", "none"])
     p.add_argument("--grace", type=int, help="ASHA grace period (validations)")
     p.add_argument("--rf", type=float, help="ASHA reduction factor")
+    p.add_argument("--brackets", type=int, help="ASHA brackets (Hyperband-style)")
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--num-samples", type=int)
     p.add_argument("--budget-epochs", type=int, help="stop after this many epochs (validations) in all")
@@ -414,11 +445,12 @@ def main(argv=None) -> int:
             source = from_table(args.table, args.schedule, args.annealed)
             settings = ReplaySettings(num_samples=None, budget_epochs=27 * source.max_t)
         for flag, attr in [("sampler", "sampler"), ("scheduler", "scheduler"), ("grace", "grace_period"),
-                           ("rf", "reduction_factor"), ("max_concurrent", "max_concurrent"),
+                           ("rf", "reduction_factor"), ("brackets", "brackets"), ("max_concurrent", "max_concurrent"),
                            ("feedback", "feedback"), ("diverged_feedback", "diverged_feedback")]:
             if getattr(args, flag) is not None:
                 setattr(settings, attr, getattr(args, flag))
-        settings.seed = args.seed if args.search is None or args.seed else settings.seed
+        if args.seed is not None:
+            settings.seed = args.seed
         if args.budget_epochs is not None:
             settings.budget_epochs, settings.num_samples = args.budget_epochs, None
         if args.num_samples is not None:
