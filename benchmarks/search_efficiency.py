@@ -57,6 +57,10 @@ METHODS = {
     "ASHA + random, wsd + annealed rungs": ("wsd", True, dict(sampler="random")),
     "ASHA + TPE, wsd + annealed rungs": ("wsd", True, dict(sampler="tpe")),
     "ASHA + TPE, rung_poly": ("rung_poly", False, dict(sampler="tpe")),
+    "ASHA grace 3 + random": ("poly", False, dict(sampler="random", grace_period=3)),
+    "ASHA grace 3 + TPE, poly + annealed rungs": ("poly", True, dict(sampler="tpe", grace_period=3)),
+    "ASHA grace 3 + TPE, wsd + annealed rungs": ("wsd", True, dict(sampler="tpe", grace_period=3)),
+    "ASHA grace 3 + TPE, rung_poly": ("rung_poly", False, dict(sampler="tpe", grace_period=3)),
 }
 BASE = dict(grace_period=1, reduction_factor=3, max_concurrent=4)
 
@@ -222,8 +226,7 @@ def main(argv=None) -> int:
 
     n_cfg = next(iter(sources.values())).curves.shape[0]
     verdict = []
-    for m in ("ASHA + TPE, feedback pruned (ctxtune)", "ASHA + TPE, wsd + annealed rungs", "ASHA + TPE, rung_poly",
-              "ASHA + TPE, poly + annealed rungs", "ASHA grace 3 + TPE"):
+    for m in [m for m in info if "TPE" in m]:
         if m in info and info[m]["ratio"]:
             r = info[m]["ratio"]
             ok = r[0] <= 0.5 and r[2] < 1.0 and info[m]["final_regret"] <= info[RANDOM]["final_regret"]

@@ -238,7 +238,8 @@ class Trainer:
         saved = {"model": copy.deepcopy(self.model.state_dict()),
                  "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                  "scaler": copy.deepcopy(self.scaler.state_dict()),
-                 "rng": (torch.get_rng_state(), np.random.get_state(), random.getstate())}
+                 "rng": (torch.get_rng_state(), np.random.get_state(), random.getstate()),
+                 "loader_seeds": self._train_dl.generator.get_state()}   # iter() draws worker base seeds
         lr0 = [g["lr"] for g in self.optimizer.param_groups]
         try:
             self.model.train()
@@ -254,6 +255,7 @@ class Trainer:
             torch.set_rng_state(saved["rng"][0])
             np.random.set_state(saved["rng"][1])
             random.setstate(saved["rng"][2])
+            self._train_dl.generator.set_state(saved["loader_seeds"])
 
     def wants_anneal(self) -> bool:
         """Whether the validation after the epoch just finished scores a cool-down fork."""

@@ -22,8 +22,7 @@ from pathlib import Path
 
 from hpo.config import ConfigError, apply_overrides, dump_yaml, get_key
 from hpo.space import (SpaceError, SpaceFile, encoded_points, load_space, make_sampler, optuna_distributions,
-                       rung_milestones,
-                       warn_if_from_scratch)
+                       rung_milestones, warn_if_from_scratch)
 
 # Beside Ray's experiment state: the parent run id and tracking URI (read by promote and report),
 # and the Optuna study.
