@@ -378,14 +378,15 @@ def _trial_handle(trial_id: str, params: dict):
 # --- command line ------------------------------------------------------------------------------
 
 def summary(source: CurveSource, settings: ReplaySettings, res: ReplayResult) -> str:
-    counts = {k: sum(t.status == k for t in res.trials) for k in ("completed", "early_stopped", "failed", "censored")}
+    counts = {k: sum(t.status == k for t in res.trials)
+              for k in ("completed", "early_stopped", "failed", "censored", "running")}
     best = res.trajectory[-1] if res.trajectory else None
     lines = [f"replay of {source.name}: {settings.sampler}, "
              + (f"ASHA grace {settings.grace_period} rf {settings.reduction_factor}"
                + (f" brackets {settings.brackets}" if settings.brackets > 1 else "") if settings.scheduler == "asha"
                 else "no early stopping")
              + f", {settings.max_concurrent} at a time, seed {settings.seed}",
-             f"{len(res.trials)} trials ({', '.join(f'{v} {k}' for k, v in counts.items() if v)}), {res.epochs} epochs"]
+             f"{len(res.trials)} trials ({', '.join(f'{v} {k}'.replace('running', 'still running at the budget') for k, v in counts.items() if v)}), {res.epochs} epochs"]
     if best:
         t = next(t for t in res.trials if t.last == best[1] and t.status == "completed")
         knobs = ", ".join(f"{k}={_show(v)}" for k, v in source.params[t.config].items())
