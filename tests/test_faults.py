@@ -63,9 +63,12 @@ def test_killed_trial_restarts_from_checkpoint_and_diverged_trial_fails(tiny_dat
     """SIGKILL a trial's worker mid-epoch: it resumes from its last checkpoint and stays one run
     with a complete history. In the same search, lr 1e12 diverges: failed at once, with the reason."""
     epochs = 4
-    points = [{"model.selection.n3": 4, "optim.lr": 1e12}, {"model.selection.n3": 4, "optim.lr": 0.02}]
+    # All three trials are given: a sampled third one may diverge too (the sampler learns from the
+    # first one's feedback), and then the only healthy trial can finish before the test catches it.
+    points = [{"model.selection.n3": 4, "optim.lr": 1e12}, {"model.selection.n3": 4, "optim.lr": 0.02},
+              {"model.selection.n3": 8, "optim.lr": 0.01}]
     space = write_space(tmp_path, tiny_data, "killtrial", sqlite_uri(tmp_path), num_samples=3, epochs=epochs,
-                        iters_per_epoch=6, points=points, max_retries=1, lr_high=1e12)
+                        iters_per_epoch=12, points=points, max_retries=1, lr_high=1e12)
     log = tmp_path / "search.log"
     driver = spawn(search_cmd(space), log, env=search_env(), cwd=tmp_path)
     try:
