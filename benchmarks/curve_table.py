@@ -182,13 +182,13 @@ def rank_table(table: Path = TABLE, rungs=(1, 2, 3, 4, 6)) -> str:
     Plus the final scores' seed-to-seed spread (median |seed 0 - seed 1|)."""
     import warnings
 
-    from scipy.stats import spearmanr
+    from hpo.rung_check import spearman
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)     # nanmean over a rung with no score
 
     def rho(a, b):
         ok = np.isfinite(a) & np.isfinite(b)
-        return spearmanr(a[ok], b[ok]).statistic if ok.sum() >= 10 else math.nan
+        return spearman(list(a[ok]), list(b[ok])) if ok.sum() >= 10 else math.nan
 
     z = np.load(table)
     meta = json.loads(str(z["meta"]))

@@ -113,11 +113,6 @@ def _unit(dist, value) -> float:
 
 # --- sources ---------------------------------------------------------------------------------
 
-def table_schedules(path: Path = DEFAULT_TABLE) -> list[str]:
-    meta = json.loads(str(np.load(path)["meta"]))
-    return list(meta["schedules"])
-
-
 def from_table(path: Path = DEFAULT_TABLE, schedule: str = "poly", annealed: bool = False) -> CurveSource:
     """The tabulated benchmark (benchmarks/curve_table.py) under one LR schedule. `annealed`: the
     scheduler sees the annealed-evaluation score where the table has one (else the plain one)."""
@@ -208,7 +203,7 @@ class ReplaySettings:
     num_samples: int | None = None       # default: what `budget_epochs` buys at ASHA's expected cost
     budget_epochs: int | None = None
     feedback: str = "pruned"
-    diverged_feedback: str = "fail"
+    diverged_feedback: str = "pruned"     # as search.diverged_feedback
     points_to_evaluate: list[dict] = field(default_factory=list)
 
 
@@ -218,7 +213,7 @@ class ReplayTrial:
     config: int                # index in the source
     seed: int                  # column in the source
     epochs: int = 0
-    status: str = "running"    # completed | early_stopped | failed | censored
+    status: str = "running"    # completed | early_stopped | failed | censored (running: cut by the budget)
     last: float | None = None
 
 
@@ -238,9 +233,6 @@ class ReplayResult:
     def epochs_to(self, quality: float) -> int | None:
         """Epochs until the returned config's true quality reached `quality` (None: never)."""
         return next((e for e, _, q in self.trajectory if q >= quality), None)
-
-    def decisions(self) -> dict[str, tuple[str, int]]:
-        return {t.trial_id: (t.status, t.epochs) for t in self.trials}
 
 
 def expected_epochs_per_trial(max_t: int, grace: int, rf: float) -> float:
@@ -378,15 +370,16 @@ def _trial_handle(trial_id: str, params: dict):
 # --- command line ------------------------------------------------------------------------------
 
 def summary(source: CurveSource, settings: ReplaySettings, res: ReplayResult) -> str:
-    counts = {k: sum(t.status == k for t in res.trials)
-              for k in ("completed", "early_stopped", "failed", "censored", "running")}
+    labels = {"completed": "completed", "early_stopped": "early_stopped", "failed": "failed",
+              "censored": "censored", "running": "still running at the budget"}
+    counts = {k: sum(t.status == k for t in res.trials) for k in labels}
     best = res.trajectory[-1] if res.trajectory else None
     lines = [f"replay of {source.name}: {settings.sampler}, "
              + (f"ASHA grace {settings.grace_period} rf {settings.reduction_factor}"
                + (f" brackets {settings.brackets}" if settings.brackets > 1 else "") if settings.scheduler == "asha"
                 else "no early stopping")
              + f", {settings.max_concurrent} at a time, seed {settings.seed}",
-             f"{len(res.trials)} trials ({', '.join(f'{v} {k}'.replace('running', 'still running at the budget') for k, v in counts.items() if v)}), {res.epochs} epochs"]
+             f"{len(res.trials)} trials ({', '.join(f'{v} {labels[k]}' for k, v in counts.items() if v)}), {res.epochs} epochs"]
     if best:
         t = next(t for t in res.trials if t.last == best[1] and t.status == "completed")
         knobs = ", ".join(f"{k}={_show(v)}" for k, v in source.params[t.config].items())
@@ -421,13 +414,14 @@ def main(argv=None) -> int:
     p.add_argument("--num-samples", type=int)
     p.add_argument("--budget-epochs", type=int, help="stop after this many epochs (validations) in all")
     p.add_argument("--feedback", choices=["pruned", "complete"])
-    p.add_argument("--diverged-feedback", choices=["fail", "pruned"])
+    p.add_argument("--diverged-feedback", choices=["pruned", "worst", "fail"])
     p.add_argument("--storage-path", help="where the search's Ray results are (default ./ray_results)")
     p.add_argument("--tracking-uri")
     args = p.parse_args(argv)
     try:
         if args.search:
             from hpo.report_data import ReportError, locate
+            from hpo.space import encoded_points
 
             try:
                 found = locate(args.search, args.storage_path, args.tracking_uri)
@@ -440,8 +434,8 @@ def main(argv=None) -> int:
                                       reduction_factor=spec.scheduler.reduction_factor, max_t=spec.scheduler.max_t,
                                       max_concurrent=spec.search.max_concurrent, num_samples=spec.search.num_samples,
                                       feedback=spec.search.feedback,
-                                      diverged_feedback=getattr(spec.search, "diverged_feedback", "fail"),
-                                      points_to_evaluate=_encoded(spec))
+                                      diverged_feedback=spec.search.diverged_feedback,
+                                      points_to_evaluate=encoded_points(spec))
         else:
             source = from_table(args.table, args.schedule, args.annealed)
             settings = ReplaySettings(num_samples=None, budget_epochs=27 * source.max_t)
@@ -461,12 +455,6 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-def _encoded(spec) -> list[dict]:
-    from hpo.space import encoded_points
-
-    return encoded_points(spec)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from hpo.mlflow_store import fail_fast_http
 from hpo.report_data import (EVALUATORS, ReportError, Search, display_value, finished_study,
-                             importance_table, locate, rung_correlations, rung_steps)
+                             importance_table, locate, rung_correlations)
 from hpo.rung_check import LOW, verdict
+from hpo.space import rung_milestones
 
 STATUS_COLOURS = {"completed": "tab:green", "early_stopped": "tab:orange", "failed": "tab:red",
                   "unfinished": "tab:gray"}
@@ -198,7 +199,7 @@ def plot_learning_curves(search: Search, path: Path) -> tuple[bool, str | None]:
         ax.plot(steps, [t.curve[s] for s in steps], marker="o", ms=3, lw=1.3, color=colour, alpha=0.8)
         if t.status == "failed":
             ax.plot(steps[-1], t.curve[steps[-1]], marker="x", ms=9, color=colour)
-    for i, step in enumerate(rung_steps(search.spec)):
+    for i, step in enumerate(rung_milestones(search.spec)):
         ax.axvline(step, color="0.4", ls="--", lw=0.9)
         ax.annotate(f"rung {i + 1}", (step, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
                     textcoords="offset points", fontsize=8, color="0.3")
@@ -270,7 +271,7 @@ def render_html(search: Search, table: dict, figures: dict[str, Path], missing: 
              + (f", {c['unfinished']} unfinished" if c["unfinished"] else "")
              + f". Metric <code>{html.escape(search.metric)}</code> ({s.scheduler.mode}); sampler "
              f"{s.search.sampler}, scheduler {s.scheduler.name}"
-             + (f" (rungs at {', '.join(map(str, rung_steps(s)))})" if rung_steps(s) else "")
+             + (f" (rungs at {', '.join(map(str, rungs))})" if (rungs := rung_milestones(s)) else "")
              + f". Trials rebuilt from the {html.escape(search.source)}.</p>"]
     for note in search.notes:
         parts.append(f"<p class='note'>{html.escape(note)}</p>")

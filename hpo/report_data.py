@@ -343,16 +343,11 @@ def display_distributions(spec: SpaceFile) -> dict[str, BaseDistribution]:
     return out
 
 
-def rung_steps(spec: SpaceFile) -> list[int]:
-    """Validation indices of the ASHA rungs below the full budget (Ray's own milestone formula)."""
-    return rung_milestones(spec)
-
-
 def rung_correlations(search: Search) -> list[tuple[int, int, float, int]]:
     """(rung, next rung, Spearman rho, trials) over the trials' logged curves: the rung self-check."""
     from hpo.rung_check import RungCorrelation
 
-    check = RungCorrelation(rung_steps(search.spec) + [search.max_t], search.mode)
+    check = RungCorrelation(rung_milestones(search.spec) + [search.max_t], search.mode)
     for t in search.trials:
         for step, value in t.curve.items():
             check.add(t.trial_id, step, value)
@@ -362,7 +357,7 @@ def rung_correlations(search: Search) -> list[tuple[int, int, float, int]]:
 def stages(search: Search) -> list[tuple[str, int | None]]:
     """(label, rung step) per analysis stage; step None = full budget."""
     unit = "epoch" if search.spec.base["budget"].get("val_every", 1) == 1 else "validation"
-    return [(f"rung {unit} {s}", s) for s in rung_steps(search.spec)] + [("full budget", None)]
+    return [(f"rung {unit} {s}", s) for s in rung_milestones(search.spec)] + [("full budget", None)]
 
 
 def _new_study(search: Search) -> optuna.Study:
