@@ -1,7 +1,10 @@
 """The `data` section of the run config, validated into a frozen dataclass.
 
 Every key has the default of docs/config.md; unknown keys are errors (a typo in a search space
-would otherwise be silently ignored). Errors are one line naming the dotted key.
+would otherwise be silently ignored). Errors are one line naming the dotted key. `DEFAULTS` is the
+one table of `data` defaults: `hpo.config.normalize` fills a run config's `data` section from it.
+`root: null` means the dataset's own default (synthetic: `data/synthetic`; Cityscapes:
+`$CITYSCAPES_DATASET`; Pascal-Context: `$PASCAL_CONTEXT_DATASET`).
 
 Keys beyond docs/config.md (documented in docs/datasets.md):
 - `crop_mode: random | center` -- msglore trains on a *center* 512x512 crop of the 512x1024 image.
@@ -21,7 +24,7 @@ from .errors import DatasetError
 
 NAMES = ("synthetic", "cityscapes", "pascal_context")
 DEFAULTS: dict[str, Any] = {
-    "name": "synthetic", "root": "data/synthetic", "crop": [128, 128], "crop_mode": "random", "resize": None,
+    "name": "synthetic", "root": None, "crop": [128, 128], "crop_mode": "random", "resize": None,
     "scale": [0.5, 2.0], "flip": True, "jitter": True, "max_class_ratio": 1.0, "batch_size": 8,
     "val_batch_size": 2, "workers": 0, "generate": None, "val_full_res_labels": False, "size_divisor": None,
 }

@@ -1,9 +1,15 @@
-"""Run configs: load, fill defaults, validate, address by dotted keys.
+"""Run configs, and the one config toolkit of `hpo`.
 
-A run config is a plain nested dict (see docs/config.md). This module owns the sections that
-orchestration reads (`data` basics, `optim`, `budget`, `eval`, `runtime`, `loss`, `seed`); the
-`model` section is validated by `models.build_model` itself, the `data` details by `datasets.build`.
-Pydantic models with `extra="forbid"` turn a typo into a one-line error naming the dotted key.
+A run config is a plain nested dict (see docs/config.md). This module owns:
+- the schema of the sections orchestration reads (`optim`, `budget`, `eval`, `runtime`, `loss`,
+  `seed`) as pydantic models with `extra="forbid"`, so a typo is a one-line error naming the dotted
+  key; `data` is validated by `datasets.config` (the one table of its defaults), `model` by
+  `models.build_model` itself;
+- `normalize(cfg)`: validate and fill every default, the form every trial config is logged in;
+- dotted keys (`get_key`, `has_key`, `set_key`, `apply_overrides`, `flatten`), `deep_merge`, YAML
+  (`load_yaml`, `dump_yaml`), and `error_line`, the one formatter of pydantic errors (space files
+  use it too);
+- the JSON encoding of list-valued categorical choices.
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from models.config import ConfigError
+from datasets.config import DEFAULTS as DATA_DEFAULTS, parse_data_config
+from datasets.errors import DatasetError
+from models.config import ConfigError, get as _get
+
+_MISSING = object()
 
 
 class _Strict(BaseModel):
@@ -94,54 +104,37 @@ class LossSection(_Strict):
         return v
 
 
-class DataSection(BaseModel):
-    # datasets.build validates the dataset-specific keys; here only what orchestration relies on.
-    model_config = ConfigDict(extra="allow")
-    name: Literal["synthetic", "cityscapes", "pascal_context"] = "synthetic"
-    root: str | None = None
-    crop: list[int] = [128, 128]
-    batch_size: int = Field(8, ge=1)
-    val_batch_size: int = Field(2, ge=1)
-    workers: int = Field(0, ge=0)
-
-    @field_validator("crop")
-    @classmethod
-    def _crop(cls, v: list[int]) -> list[int]:
-        if len(v) != 2 or any(c < 1 for c in v):
-            raise ValueError("expected [height, width], both >= 1")
-        return v
-
-
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seed: int = 0
     model: dict[str, Any]
     loss: LossSection = LossSection()
-    data: DataSection = DataSection()
+    data: dict[str, Any] = {}           # validated by datasets.config (normalize)
     optim: OptimSection = OptimSection()
     budget: BudgetSection = BudgetSection()
     eval: EvalSection = EvalSection()
     runtime: RuntimeSection = RuntimeSection()
 
 
-def pydantic_error_line(err: ValidationError, prefix: str = "") -> str:
-    """First pydantic error as `dotted.key: message` — one line, no traceback."""
+def error_line(err: ValidationError, prefix: str = "", loc: tuple | None = None) -> str:
+    """The first pydantic error as `dotted.key: message`: one line, no traceback. `loc` replaces the
+    error's location (space files drop pydantic's union-member level)."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    key = ".".join(str(p) for p in (first["loc"] if loc is None else loc))
     key = f"{prefix}{key}" if key else prefix.rstrip(".")
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif first["type"] == "missing":
-        msg = "required key is missing"
+    kind, msg = first["type"], first["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    if kind == "missing":
+        return f"{key}: required key is missing"
     got = first.get("input")
-    if first["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict):
+    if kind != "value_error" and not isinstance(got, dict):
         msg += f" (got {got!r})"
     return f"{key}: {msg}"
 
 
 def normalize(cfg: dict) -> dict:
-    """Validate the orchestration sections and fill their defaults; returns a new plain dict."""
+    """Validate the orchestration sections and `data`, fill every default; returns a new plain dict."""
     if not isinstance(cfg, dict):
         raise ConfigError("run config: expected a mapping at the top level")
     if "model" in cfg and not isinstance(cfg["model"], dict):
@@ -149,8 +142,14 @@ def normalize(cfg: dict) -> dict:
     try:
         parsed = RunConfig.model_validate(cfg)
     except ValidationError as err:
-        raise ConfigError(pydantic_error_line(err)) from None
-    return parsed.model_dump(mode="json")
+        raise ConfigError(error_line(err)) from None
+    out = parsed.model_dump(mode="json")
+    try:
+        parse_data_config(out)                  # every data key, with the dataset's own messages
+    except DatasetError as err:
+        raise ConfigError(str(err)) from None
+    out["data"] = {**copy.deepcopy(DATA_DEFAULTS), **out["data"]}
+    return out
 
 
 def load_yaml(path: str | Path, what: str = "config") -> Any:
@@ -182,20 +181,12 @@ def dump_yaml(cfg: dict) -> str:
 
 
 def get_key(cfg: dict, dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
+    """Value at `dotted` ("model.selection.n3"); ConfigError naming the key when it is absent."""
+    return _get(cfg, dotted)
 
 
 def has_key(cfg: dict, dotted: str) -> bool:
-    try:
-        get_key(cfg, dotted)
-        return True
-    except KeyError:
-        return False
+    return _get(cfg, dotted, _MISSING) is not _MISSING
 
 
 def set_key(cfg: dict, dotted: str, value: Any) -> None:
@@ -212,6 +203,18 @@ def apply_overrides(base: dict, overrides: dict[str, Any]) -> dict:
     for key, value in overrides.items():
         set_key(cfg, key, decode_choice(value))
     return cfg
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """New dict: a partial config `override` merged into `base` (dicts merge, anything else
+    replaces); nothing is shared with either input."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal, Union
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hpo.config import (ConfigError, apply_overrides, encode_choice, get_key, has_key, load_yaml,
+from hpo.config import (ConfigError, apply_overrides, encode_choice, error_line, get_key, has_key, load_yaml,
                         normalize)
 
 
@@ -185,21 +185,7 @@ def _space_error_line(err: ValidationError) -> str:
         return f"space.{loc[1]}: expected a mapping like {{type: int, low: 1, high: 8}}"
     if len(loc) == 2 and loc[0] == "space" and first["type"] in ("union_tag_invalid", "union_tag_not_found"):
         return f"space.{loc[1]}.type: expected one of int, float, categorical (got {first.get('input', {}).get('type')!r})"
-    return _line(dict(first, loc=tuple(loc)))
-
-
-def _line(first: dict) -> str:
-    key = ".".join(first["loc"])
-    kind, msg = first["type"], first["msg"]
-    if kind == "extra_forbidden":
-        return f"{key}: unknown key"
-    if kind == "missing":
-        return f"{key}: required key is missing"
-    if kind == "value_error":
-        msg = msg.removeprefix("Value error, ")
-    got = first.get("input")
-    suffix = f" (got {got!r})" if kind not in ("value_error",) and not isinstance(got, dict) else ""
-    return f"{key}: {msg}{suffix}"
+    return error_line(err, loc=tuple(loc))
 
 
 def max_reports(base: dict) -> int:
@@ -307,21 +293,11 @@ def _check_structure(spec: SpaceFile) -> None:
             key = msg.split(":", 1)[0]
             prefix = f"space.{key}" if key in spec.space else f"base.{key}"
             raise SpaceError(f"{prefix}: {msg.split(':', 1)[-1].strip()} (at {knobs})") from None
-        crop = cfg["data"]["crop"]
-        stride = getattr(model, "input_multiple", None) or _model_stride(cfg)
-        if stride and (crop[0] % stride or crop[1] % stride):
+        crop, stride = cfg["data"]["crop"], model.size_divisibility
+        if crop[0] % stride or crop[1] % stride:
             where = "space.data.crop" if "data.crop" in spec.space else "base.data.crop"
-            raise SpaceError(f"{where}: expected both sides divisible by {stride} (the model's stride), "
+            raise SpaceError(f"{where}: expected both sides divisible by {stride} (the model's size_divisibility), "
                              f"got {crop}")
-
-
-def _model_stride(cfg: dict) -> int | None:
-    """The input-size multiple a model needs: backbone stem/pool stride 4 × the shuffle factor, etc."""
-    m = cfg["model"]
-    stride = m.get("backbone", {}).get("output_stride")
-    if m.get("name") == "spacemeshlab" and m.get("spam", True):
-        stride = max(stride or 1, 16)   # SpaM's pixel unshuffle by 4 twice
-    return stride
 
 
 def optuna_distributions(spec: SpaceFile) -> dict[str, optuna.distributions.BaseDistribution]:

@@ -106,13 +106,3 @@ def get_int_list(cfg: dict, key: str, default: Any = _MISSING, *, lo: int | None
         raise ConfigError(f"{key}: expected a list of at least {min_len} ints{bound}, got {_fmt(value)}")
     return list(value)
 
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """New dict: ``override`` merged into ``base`` recursively (dicts merge, anything else replaces)."""
-    out = dict(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out

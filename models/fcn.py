@@ -59,6 +59,10 @@ class SegModel(nn.Module):
         self.backbone = backbone
         self.num_classes = num_classes
         self.aux_block = aux_block
+        # What inputs need (detectron2's name): H and W multiples of this. At multiples of the output
+        # stride every feature cell covers whole pixels; SpaceMeshLab's pixel shuffle needs it exactly.
+        # hpo.space checks every crop of a search against it.
+        self.size_divisibility = backbone.output_stride
         head = FCNHead(backbone.channels[aux_block], aux_channels, num_classes, dropout) if aux_head else None
         for block in AUX_BLOCKS:   # aux_block4 / aux_block5: the module is named after what it reads
             setattr(self, f"aux_{block}", head if block == aux_block else None)

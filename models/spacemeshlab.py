@@ -48,8 +48,8 @@ Choices where the paper is unclear (SpaM/SCA/CCA internals are in ``models/spam.
   categorical choice holding a rectangular grid), or one list used for both axes.
 - Inputs: with SpaM, H and W must be multiples of the backbone output stride (pixel shuffle needs
   exact feature sizes); ``spam_options.pad_input: true`` zero-pads to the next multiple and crops
-  the logits instead. The model's ``input_multiple`` attribute tells callers the multiple (1 without
-  SpaM); ``output_stride`` is the backbone's.
+  the logits instead. The model's ``size_divisibility`` attribute (every model has one) tells callers
+  the multiple, the backbone's ``output_stride``; without SpaM it is advisory, as for the other models.
 - Presets: ``paper`` = ResNet-101, OS16 (see above), width 64, grid {1..18}², SpaM width 32, 4 heads,
   decoder 256 wide. SpaM width and head count are not in the paper. ``toy`` = ResNet-18 width 8,
   grid {1,2,3}² of depth 4, SpaM width 8, 2 heads, decoder 32 wide.
@@ -111,8 +111,6 @@ class SpaceMeshLab(SegModel):
         super().__init__(backbone, num_classes, aux_head, aux_channels, dropout, aux_block)
         self.spam, self.pad_input = spam, pad_input
         self.output_stride = backbone.output_stride
-        # pixel shuffle needs exact feature sizes: every stage is ceil(H / stride), so H % OS == 0
-        self.input_multiple = backbone.output_stride if spam else 1
         self.context = context
         strides = {"block1": 4, **backbone.strides}
         channels = {"block1": backbone.width, **backbone.channels}
@@ -143,9 +141,10 @@ class SpaceMeshLab(SegModel):
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(head_channels, num_classes, 1))
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        # pixel shuffle needs exact feature sizes: every stage is ceil(H / stride), so H % OS == 0
         h, w = x.shape[-2:]
-        k = self.input_multiple
-        if h % k == 0 and w % k == 0:
+        k = self.size_divisibility
+        if not self.spam or (h % k == 0 and w % k == 0):
             return x
         if not self.pad_input:
             raise ConfigError(

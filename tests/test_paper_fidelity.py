@@ -63,7 +63,7 @@ def test_spacemeshlab_paper_preset_shuffles_in_whole_x4_steps_and_os8_is_one_key
     assert steps == {"block1": ([4], [4]), "block2": ([4], [4]), "block4": ([4, 4], [4, 4]),
                      "block5": ([4, 4], [4, 4])}
     assert model.context_up.steps == [4] and model.spam_down.steps == [4]   # decoder meets at stride 4
-    assert model.input_multiple == 16
+    assert model.size_divisibility == 16
     cfg = preset("spacemeshlab", "paper")
     cfg["model"]["backbone"]["output_stride"] = 8
     model = meta(cfg)

@@ -169,7 +169,7 @@ def test_exchange_stages_and_shuffle_steps():
 
 def test_input_size_must_match_the_output_stride_unless_padding():
     model = build_model(toy()).eval()
-    assert model.input_multiple == 8
+    assert model.size_divisibility == 8
     with pytest.raises(ConfigError, match=r"^model\.spam_options\.pad_input: input 60x64 .* multiple of 8"):
         model(torch.randn(1, 3, 60, 64))
     padded = build_model(toy(**{"spam_options.pad_input": True})).eval()
