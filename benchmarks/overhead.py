@@ -7,7 +7,7 @@
 Both paths run the same fixed work: `--trials` trials of `--epochs` epochs, every epoch exactly
 `--step-seconds`, `--concurrency` at a time. The theoretical minimum is total epoch time /
 concurrency. Reported per run:
-- wall x minimum: the whole call (`hpo.search.run` / `Tuner.fit`) over the minimum;
+- wall x minimum: the whole call (`hpo.search_runner.run_search` / `Tuner.fit`) over the minimum;
 - start-up: call start -> the first trial begins setting up (Ray experiment, MLflow store and parent
   run, Optuna study, actor start incl. imports), and wrap-up: last epoch end -> call return;
 - span x minimum: first trial set-up start -> last epoch end, over the minimum — the part that
@@ -17,7 +17,7 @@ concurrency. Reported per run:
 So a search of N trials costs about start-up + wrap-up + N x per-trial cost / concurrency on top of
 its work; the ratio goal (<= 1.10x) holds for trials at least ~10x the per-trial cost long.
 
-(a) ctxtune: `hpo.search.run` on a generated space file, unmodified — Optuna TPE searcher (journal
+(a) ctxtune: `hpo.search_runner.run_search` on a generated space file, unmodified — Optuna TPE searcher (journal
     storage), FIFO scheduler (every trial runs its full budget, so the work is known),
     `hpo.trainable.run_trial` building a real `Trainer` (toy msglore on a tiny synthetic set:
     dataset + model construction, 1 SGD step per epoch, validation on 6 images), a checkpoint
@@ -116,15 +116,14 @@ def write_space(work: Path, name: str, base: dict, args) -> Path:
 def run_ctxtune(work: Path, name: str, base: dict, args) -> dict:
     from ray import tune
 
-    from hpo import search
+    from hpo.search_runner import run_search
+    from hpo.space import load_space
 
     space = write_space(work, name, base, args)
-    sargs = search.parse_args([str(space), "--no-report"])
-    spec = search.prepare(sargs)
     out = io.StringIO()
     t0 = time.time()
     with contextlib.redirect_stdout(out):
-        rc = search.run(spec, sargs)
+        rc = run_search(load_space(space), space_path=str(space), report=False)
     t1 = time.time()
     if rc != 0:
         raise RuntimeError(f"search {name} exited {rc}:\n{out.getvalue()[-2000:]}")
@@ -250,7 +249,7 @@ def main(argv=None) -> int:
         f"share the cores).",
         f"Command: `{command}` — {args.trials} trials x {args.epochs} epochs x {args.step_seconds:g} s, "
         f"{args.concurrency} at a time: minimum {minimum_s(args):.0f} s. What each path runs: see the module "
-        f"docstring of `benchmarks/overhead.py` (ctxtune = the unmodified `hpo.search.run` with checkpoints and MLflow "
+        f"docstring of `benchmarks/overhead.py` (ctxtune = the unmodified `hpo.search_runner.run_search` with checkpoints and MLflow "
         f"logging on, epochs padded to a fixed time inside the trial's real `Trainer`).", "",
         table(rows), "",
         f"Best of {args.repeats}: ctxtune {best('ctxtune', 'ratio'):.3f}x its minimum end to end, "

@@ -72,9 +72,10 @@ def main(argv=None) -> int:
     import ray
 
     from datasets.synthetic import ensure
-    from hpo import search
     from hpo.replay import ReplaySettings, from_search, replay
-    from hpo.report_data import locate
+    from hpo.search_handle import find_search
+    from hpo.search_runner import run_search
+    from hpo.space import load_space
 
     rows = ["| search | sampler, ASHA | trials | same config | same ASHA outcome | real: completed / stopped | "
             "replay: completed / stopped | wall (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -88,13 +89,11 @@ def main(argv=None) -> int:
         try:
             for name, sampler, seed, grace, rf, trials in SEARCHES:
                 path = space_file(work, work / "data", name, sampler, seed, grace, rf, trials)
-                sargs = search.parse_args([str(path), "--no-report"])
-                spec = search.prepare(sargs)
                 t0 = time.perf_counter()
                 with contextlib.redirect_stdout(io.StringIO()):
-                    assert search.run(spec, sargs) == 0
+                    assert run_search(load_space(path), space_path=str(path), report=False) == 0
                 wall = time.perf_counter() - t0
-                found = locate(name, str(work / "ray_results"))
+                found = find_search(name, str(work / "ray_results"))
                 source = from_search(found)
                 res = replay(source, ReplaySettings(sampler=sampler, seed=seed, grace_period=grace,
                                                     reduction_factor=rf, max_concurrent=2, num_samples=trials))

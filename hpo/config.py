@@ -244,3 +244,9 @@ def decode_choice(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_JSON_MARK):
         return json.loads(value[len(_JSON_MARK):])
     return value
+
+
+def display_value(value: Any) -> Any:
+    """Readable form of a knob value: list-valued choices shown as lists, not as json: strings."""
+    decoded = decode_choice(value)
+    return str(decoded) if decoded is not value else value

@@ -17,7 +17,8 @@ Choices:
   loader) so a search can set a fixed, dataset-independent budget.
 - The training shuffle order of epoch e is drawn from `seed + e`, so a run resumed at an epoch
   boundary sees the same batches as an uninterrupted one.
-- mIoU and pixel accuracy are reported in percent ("mIoU points").
+- mIoU and pixel accuracy are reported in percent ("mIoU points"). The per-epoch validation is
+  single-scale; `eval.tta` applies to a finished training's final evaluation (hpo/outputs.py).
 - A non-finite loss stops the run at once with `DivergenceError` (a search records the trial as
   failed and goes on).
 
@@ -294,11 +295,11 @@ class Trainer:
         while self.epoch < budget["epochs"]:
             metrics = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.epoch % budget["val_every"] == 0 or self.epoch == budget["epochs"]:
-                val = self.validate()
+                val = self.validate(tta=False)         # curves are single-scale (hpo/outputs.py)
                 if self.wants_anneal():
                     start = time.perf_counter()
                     metrics.update({f"{k}_raw": v for k, v in val.metrics.items()})
-                    val = self.annealed_validate()
+                    val = self.annealed_validate(tta=False)
                     metrics["anneal_seconds"] = time.perf_counter() - start
                 metrics.update(val.metrics)
                 if on_validation:

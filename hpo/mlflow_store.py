@@ -1,4 +1,4 @@
-"""MLflow plumbing shared by hpo.search, hpo.train, hpo.promote and hpo.report.
+"""MLflow plumbing shared by the search, hpo.train, promotion and the report.
 
 Kept free of Ray and Optuna imports so `hpo.train` starts quickly in a plain process.
 """
@@ -50,3 +50,35 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
     items = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i:i + 100])
+
+
+def nested_filter(parent_run_id: str) -> str:
+    """The search filter for the runs nested under a parent run (a search's trials)."""
+    return f"tags.mlflow.parentRunId = '{parent_run_id}'"
+
+
+def find_runs(client, experiment_id: str, filter_string: str) -> list:
+    """Every run of an experiment matching an MLflow search filter (all pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def register_model(client, name: str, run_id: str, tags: dict[str, str] | None = None,
+                   model_dir: str = "model") -> str:
+    """A new version of registered model `name` whose source is the run's `model/` artifact folder
+    (weights.pt + config.yaml; no MLflow flavour, so it works offline with any store)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="ctxtune: weights.pt (state_dict) + config.yaml")
+    source = f"{client.get_run(run_id).info.artifact_uri}/{model_dir}"
+    version = client.create_model_version(name, source=source, run_id=run_id,
+                                          tags={k: str(v) for k, v in (tags or {}).items()})
+    return str(version.version)

@@ -148,7 +148,7 @@ def from_table(path: Path = DEFAULT_TABLE, schedule: str = "poly", annealed: boo
 
 
 def from_search(search) -> CurveSource:
-    """A finished search (hpo.report_data.Search): each trial is one known config with one seed;
+    """A finished search (hpo.search_handle.SearchHandle): each trial is one known config with one seed;
     its curve stops where the search stopped it."""
     from hpo.space import optuna_distributions
 
@@ -269,9 +269,9 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
     search = SearchSection(sampler=s.sampler, seed=s.seed, num_samples=num_samples,
                            max_concurrent=min(s.max_concurrent, num_samples), feedback=s.feedback)
     sampler = make_sampler(SimpleNamespace(search=search))
-    searcher = HonestOptunaSearch(space=source.distributions, metric=source.metric, mode=source.mode,
-                                  points_to_evaluate=s.points_to_evaluate or None, sampler=sampler,
-                                  max_t=max_t, feedback=s.feedback, diverged_feedback=s.diverged_feedback)
+    searcher = HonestOptunaSearch(source.distributions, source.metric, source.mode, sampler=sampler, max_t=max_t,
+                                  points_to_evaluate=s.points_to_evaluate, feedback=s.feedback,
+                                  diverged_feedback=s.diverged_feedback)
     limiter = ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
     scheduler = (ASHAScheduler(time_attr="training_iteration", metric=source.metric, mode=source.mode,
                                max_t=max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor,
@@ -339,16 +339,15 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
             continue
         epochs += 1
         t.epochs = step
-        result = {source.metric: float(value) if not diverged else (t.last if t.last is not None else 0.0),
-                  "training_iteration": step, "trial_id": tid}
-        if diverged:
-            result["diverged"] = True
-        else:
+        # as hpo/trainable.py reports: a diverged step carries its status and no score
+        result = ({"status": "diverged"} if diverged else {source.metric: float(value)})
+        result.update(training_iteration=step, trial_id=tid)
+        if not diverged:
             t.last = float(value)
         decision = scheduler.on_trial_result(None, handles[tid], result)
         if decision != TrialScheduler.STOP:
             limiter.on_trial_result(tid, result)
-        events.append((now, tid, step, result[source.metric], "diverged" if diverged else decision))
+        events.append((now, tid, step, result.get(source.metric, math.nan), "diverged" if diverged else decision))
         if diverged:
             finish(tid, result, "failed")
         elif decision == TrialScheduler.STOP or step >= max_t:
@@ -361,7 +360,11 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
 
 
 def _trial_handle(trial_id: str, params: dict):
-    """What Ray's schedulers are handed for a trial: a stub Trial (no actor, no storage)."""
+    """What Ray's schedulers are handed for a trial: a stub Trial (no actor, no storage).
+
+    The one reach into Ray beyond its public API: `ray.tune.experiment.Trial` is a DeveloperAPI, and
+    the schedulers are called with `tune_controller=None` (ASHA never reads it). Tested on Ray 2.60;
+    pyproject.toml caps Ray below the next minor release for it."""
     from ray.tune.experiment import Trial
 
     return Trial("replay", config=params, trial_id=trial_id, stub=True)
@@ -420,12 +423,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.search:
-            from hpo.report_data import ReportError, locate
+            from hpo.search_handle import SearchNotFound, find_search
             from hpo.space import encoded_points
 
             try:
-                found = locate(args.search, args.storage_path, args.tracking_uri)
-            except ReportError as err:
+                found = find_search(args.search, args.storage_path, args.tracking_uri)
+            except SearchNotFound as err:
                 raise ReplayError(str(err)) from None
             source = from_search(found)
             spec = found.spec

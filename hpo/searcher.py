@@ -1,120 +1,153 @@
-"""OptunaSearch that tells Optuna the truth about ASHA-stopped and diverged trials.
+"""A Ray Tune searcher over Optuna's ask-and-tell API that tells Optuna the truth about trials.
 
-Out of the box, Ray's `OptunaSearch` tells Optuna that a trial ASHA stopped early was COMPLETE
-with its early score, so TPE mixes 1-epoch and full-budget scores as if they were comparable.
-Here a trial that ends (without error) before the full budget `max_t` is told as PRUNED: Optuna
-keeps its intermediate values (one per validation, reported as they arrive) and records its last
-one as the value, which is how Optuna's own pruners leave trials. `feedback="complete"` restores
-Ray's behaviour (kept for the efficiency benchmark).
+Ray's own `OptunaSearch` tells Optuna that a trial ASHA stopped after one epoch was COMPLETE with
+its 1-epoch score, so TPE mixes short- and full-budget scores as if they were comparable; changing
+that meant editing its private members. `HonestOptunaSearch` is instead Ray's public `Searcher`
+interface written over Optuna's public `ask` / `tell` / `Trial.report`:
 
-A trial whose loss diverged is told as `diverged_feedback` says:
-- "pruned" (default): PRUNED with the intermediate values it reported before diverging. TPE never
-  sees FAIL trials, so with "fail" it could not learn to avoid a diverging region (a too-high LR);
-  a PRUNED trial is ranked by how far it got and its last finite score, and one that diverged in
-  its first epoch has no value and ranks last.
-- "worst": COMPLETE with the worst score any trial of the study has reported so far (user attr
-  `diverged`), so TPE always counts it among the bad trials, however many trials completed.
-- "fail": FAIL, as before (TPE ignores it).
+- `suggest` asks the study for the space's distributions (points to evaluate are enqueued first);
+- every validation is reported as an intermediate value (`Trial.report(value, step)`);
+- a trial that ends without error before the full budget `max_t` is told PRUNED: Optuna keeps its
+  intermediate values and records its last one as the value, which is how Optuna's own pruners
+  leave trials. `feedback="complete"` tells it COMPLETE instead (Ray's behaviour, kept for the
+  efficiency benchmark).
+- a trial whose loss diverged (its last result says `status: diverged`, hpo/trainable.py) is told
+  as `diverged_feedback` says: "pruned" (default; its last finite scores: TPE never sees FAIL
+  trials, so with "fail" it could not learn to avoid a diverging region), "worst" (COMPLETE with
+  the worst score any trial reported so far) or "fail". It gets the user attr `diverged`.
+- every finished trial carries the user attrs `ray_trial_id` and `status` (completed /
+  early_stopped / failed), so a reader of the journal needs no rules of its own.
 Note on TPE (Optuna 5, `_split_trials`): COMPLETE trials fill the "good" group first and PRUNED
 trials only while fewer than gamma(n) trials completed, ranked by furthest step, then value.
 
-On `--resume` after a driver that was SIGKILLed, the searcher comes back from Ray's last snapshot
-while the Optuna journal holds everything asked since: a trial asked after that snapshot is
-RUNNING in the journal but unknown to Ray, which will ask anew for its slot. Such orphans are
-told FAIL (user attr `lost`) so TPE's constant liar does not count them as running forever and
-the study's finished trials match Ray's.
+State: Ray pickles the searcher with the experiment (`save` / `restore`). With a journal storage
+the study itself lives in that file. On `--resume` after a SIGKILLed driver, the searcher comes
+back from Ray's last snapshot while the journal holds everything asked since: a trial asked after
+that snapshot is RUNNING in the journal but unknown to Ray, which will ask anew for its slot. Such
+orphans are told FAIL and listed in the study's user attr `lost_trials`, so TPE's constant liar
+does not count them as running forever and the study's finished trials match Ray's.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 
+import optuna
 from optuna.trial import TrialState
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 logger = logging.getLogger(__name__)
 
+DIVERGED = "diverged"      # the `status` a trainable reports when the loss became NaN/inf
+
 
 def trial_status(last_result: dict | None, errored: bool, max_t: int) -> str:
-    """The honest status shared by MLflow tags, the leaderboard and the searcher."""
-    if errored or not last_result or last_result.get("diverged"):
+    """The one reading of how a trial ended, shared by MLflow tags, leaderboards and the searcher."""
+    if errored or not last_result or last_result.get("status") == DIVERGED:
         return "failed"
     if last_result.get("training_iteration", 0) < max_t:
         return "early_stopped"
     return "completed"
 
 
-class HonestOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_t: int, feedback: str = "pruned", diverged_feedback: str = "pruned", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._max_t = max_t
-        self._feedback = feedback
-        self._diverged_feedback = diverged_feedback
-        self._reported_step: dict[str, int] = {}   # last step told to Optuna per trial
+class HonestOptunaSearch(Searcher):
+    def __init__(self, space: dict[str, optuna.distributions.BaseDistribution], metric: str, mode: str, *,
+                 sampler: optuna.samplers.BaseSampler, max_t: int, points_to_evaluate: list[dict] | None = None,
+                 study_name: str | None = None, storage: optuna.storages.BaseStorage | None = None,
+                 feedback: str = "pruned", diverged_feedback: str = "pruned"):
+        super().__init__(metric=metric, mode=mode)
+        self.space = space
+        self.max_t = max_t
+        self.feedback = feedback
+        self.diverged_feedback = diverged_feedback
+        self.study = optuna.create_study(storage=storage, sampler=sampler, study_name=study_name,
+                                         direction="maximize" if mode == "max" else "minimize",
+                                         load_if_exists=True)
+        for point in points_to_evaluate or []:
+            self.study.enqueue_trial(point)
+        self.trials: dict[str, optuna.Trial] = {}       # Ray trial id -> the Optuna trial it asked
+        self.reported: dict[str, int] = {}              # Ray trial id -> last step told to Optuna
+        self.finished: set[str] = set()
 
-    def restore(self, checkpoint_path: str):
-        super().restore(checkpoint_path)
-        known = {t.number for t in self._ot_trials.values()}
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number not in known:
-                try:
-                    self._ot_study._storage.set_trial_user_attr(
-                        t._trial_id, "lost", "asked after Ray's last experiment snapshot; the driver died")
-                    self._ot_study.tell(t.number, state=TrialState.FAIL)
-                    logger.warning("optuna trial %d was lost with the driver: told FAIL", t.number)
-                except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the resume
-                    logger.warning("could not close lost optuna trial %d: %s", t.number, exc)
+    # --- Ray's Searcher interface ---------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self.trials:
+            trial = self.study.ask(fixed_distributions=self.space)
+            trial.set_user_attr("ray_trial_id", trial_id)
+            self.trials[trial_id] = trial
+        return dict(self.trials[trial_id].params)
 
-    def suggest(self, trial_id: str):
-        params = super().suggest(trial_id)
-        if trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
-        return params
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.finished:
+            self._report(trial_id, result)
 
-    def on_trial_result(self, trial_id: str, result: dict):
-        if result.get("diverged"):
-            return      # the reported metric is a placeholder, not a score
-        super().on_trial_result(trial_id, result)
-        self._reported_step[trial_id] = result.get("training_iteration")
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.finished or trial_id not in self.trials:
             return
-        status = trial_status(result, error, self._max_t)
-        if (result and status != "failed" and self.metric in result
-                and self._reported_step.get(trial_id) != result.get("training_iteration")):
-            # Tune hands a trial's last result to on_trial_complete, not on_trial_result: record it
-            # as an intermediate value too, so a trial stopped at its first rung still has one.
-            try:
-                self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
-            except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the search
-                logger.debug("report skipped: %s", exc)
-        if status == "completed" or (status == "early_stopped" and self._feedback == "complete"):
-            return super().on_trial_complete(trial_id, result, error)
-        diverged = status == "failed" and not error and bool(result and result.get("diverged"))
-        state, value = TrialState.PRUNED if status == "early_stopped" else TrialState.FAIL, None
-        if diverged and self._diverged_feedback == "pruned":
+        trial = self.trials[trial_id]
+        # Tune hands a trial's last result to on_trial_complete, not on_trial_result: record it as an
+        # intermediate value too, so a trial stopped at its first rung still has one.
+        self._report(trial_id, result)
+        self.finished.add(trial_id)
+        status = trial_status(result, error, self.max_t)
+        diverged = bool(result) and result.get("status") == DIVERGED and not error
+        state, value = TrialState.FAIL, None
+        if status == "completed" or (status == "early_stopped" and self.feedback == "complete"):
+            state, value = TrialState.COMPLETE, result[self.metric]
+        elif status == "early_stopped" or (diverged and self.diverged_feedback == "pruned"):
             state = TrialState.PRUNED
-        elif diverged and self._diverged_feedback == "worst":
-            state, value = TrialState.COMPLETE, self._worst_value()
-            if value is None:
-                state = TrialState.PRUNED        # nothing reported yet to call worst
+        elif diverged and self.diverged_feedback == "worst":
+            value = self._worst_value()
+            state = TrialState.COMPLETE if value is not None else TrialState.PRUNED   # nothing to call worst yet
         try:
+            trial.set_user_attr("status", status)
             if diverged:
-                self._ot_trials[trial_id].set_user_attr("diverged", True)
-            self._ot_study.tell(self._ot_trials[trial_id], state=state, values=value)
+                trial.set_user_attr("diverged", True)
+            self.study.tell(trial, value, state=state)
         except Exception as exc:   # noqa: BLE001 - a bookkeeping hiccup must not stop the search
             logger.warning("optuna tell failed for %s: %s", trial_id, exc)
-        self._completed_trials.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+        self._close_lost_trials()
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _report(self, trial_id: str, result: dict | None) -> None:
+        """One intermediate value per validation; results without the metric (a divergence) carry none."""
+        if not result or self.metric not in result:
+            return
+        step = int(result["training_iteration"])
+        if trial_id in self.trials and self.reported.get(trial_id) != step:
+            self.trials[trial_id].report(float(result[self.metric]), step)
+            self.reported[trial_id] = step
+
+    def _close_lost_trials(self) -> None:
+        known = {t.number for t in self.trials.values()}
+        lost = [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number not in known]
+        for number in lost:
+            try:
+                self.study.tell(number, state=TrialState.FAIL)
+                logger.warning("optuna trial %d was lost with the driver: told FAIL", number)
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must not stop the resume
+                logger.warning("could not close lost optuna trial %d: %s", number, exc)
+        if lost:
+            self.study.set_user_attr("lost_trials", sorted(set(self.study.user_attrs.get("lost_trials", []) + lost)))
 
     def _worst_value(self) -> float | None:
         """The worst score any trial reported so far (final or intermediate)."""
         seen = []
-        for t in self._ot_study.get_trials(deepcopy=False):
+        for t in self.study.get_trials(deepcopy=False):
             seen.extend(t.intermediate_values.values())
             if t.state == TrialState.COMPLETE and t.value is not None:
                 seen.append(t.value)
         seen = [v for v in seen if v == v]
         if not seen:
             return None
-        return min(seen) if self._mode == "max" else max(seen)
+        return min(seen) if self.mode == "max" else max(seen)

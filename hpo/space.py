@@ -28,7 +28,7 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hpo.config import (ConfigError, apply_overrides, encode_choice, error_line, get_key, has_key, load_yaml,
-                        normalize)
+                        normalize, set_key)
 
 
 class SpaceError(ValueError):
@@ -137,8 +137,11 @@ class SpaceFile(_Strict):
     promote: dict[str, Any] = {}
 
 
-def load_space(path: str | Path) -> SpaceFile:
-    """Parse and fully validate a space file; raises SpaceError (one line) on any problem."""
+def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SpaceFile:
+    """Parse and fully validate a space file; raises SpaceError (one line) on any problem.
+
+    `overrides` (dotted keys of the space file, e.g. the CLI's `experiment.name`) are applied to the
+    raw file before validation, so they are checked like everything else."""
     path = Path(path)
     try:
         raw = load_yaml(path, "space")
@@ -146,6 +149,10 @@ def load_space(path: str | Path) -> SpaceFile:
         raise SpaceError(str(err)) from None
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: expected a mapping with experiment/base/space sections")
+    for key, value in (overrides or {}).items():
+        if not isinstance(raw.get(key.split(".")[0], {}), dict):
+            raise SpaceError(f"{key.split('.')[0]}: expected a mapping")
+        set_key(raw, key, value)
     try:
         spec = SpaceFile.model_validate(raw)
     except ValidationError as err:

@@ -1,4 +1,4 @@
-"""MLflow logging for a search, done from the Ray driver only.
+"""MLflow logging for Tune trials (a search's, a promotion's), done from the Ray driver only.
 
 Trials never talk to MLflow: a Tune callback in the driver turns trial events into MLflow calls.
 That sidesteps both traps found on this stack — several trial processes creating the same SQLite
@@ -6,8 +6,12 @@ store race ("table already exists"), and `setup_mlflow` without an explicit URI 
 throwaway per-trial database — and works the same against a tracking server.
 
 Layout: one experiment per search name (tagged so the MLflow UI opens its runs table, not the
-GenAI view), one parent run per search, one nested run per trial (params = flattened resolved
-config, metrics per validation, final per-class IoU, status tag, config.yaml, overlay PNGs).
+GenAI view), one parent run per search. Where a trial's run lives, what it is called and how it is
+found again is a *run layout*: `SearchRuns` nests one run per search trial under the parent;
+promotion's `PromotedRuns` (hpo/promotion.py) makes top-level runs tagged with the search parent,
+rank and seed. Either way a run holds params = the flattened resolved config, metrics per
+validation, the final per-class IoU and `final_*` metrics of its last result, a status tag,
+config.yaml, overlay PNGs, and whatever model/ weights or confusion.png its checkpoint carries.
 
 Logging must never fail a trial or the search: every MLflow call goes through an ordered queue;
 when the tracking store is unreachable the calls wait there (and are retried on the next event and
@@ -15,13 +19,13 @@ at the end of the search) instead of raising. Order is kept, so a run is created
 metrics are written.
 
 Fault handling (tests/test_faults.py):
-- A down tracking server: the search sets MLflow's HTTP retries low (hpo/search.py), so a call
+- A down tracking server: the search sets MLflow's HTTP retries low (hpo/mlflow_store.py), so a call
   fails in milliseconds into the queue instead of blocking the driver loop in MLflow's own
   backoff (minutes by default). `delayed_ops` counts failed attempts, `delayed_seconds` the time
   the queue was blocked; the end of the search prints both.
-- Each queued call is safe to repeat: a trial's run is looked up by its `ray_trial_id` tag
-  before one is created (the server may have created it and the reply been lost), params are
-  written once, and a trial's final status once.
+- Each queued call is safe to repeat: a trial's run is looked up by its layout's key tag (the
+  Tune trial id; `ray_trial_id` for search trials) before one is created (the server may have
+  created it and the reply been lost), params are written once, and a trial's final status once.
 - A trial's run is created at its first result (or when it ends without one), not when its
   actor starts. Tune snapshots the experiment after every checkpoint, so by then the trial is
   almost surely in Ray's saved state: a SIGKILLed driver leaves no MLflow run for a trial that
@@ -38,6 +42,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -46,9 +51,11 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from hpo.config import apply_overrides, dump_yaml, flatten
-from hpo.mlflow_store import log_params
+from hpo.mlflow_store import find_runs, log_params, nested_filter
+from hpo.outputs import CONFUSION, MODEL_DIR, OVERLAYS
 from hpo.rung_check import RungCorrelation, verdict
 from hpo.searcher import trial_status
+from hpo.trainable import split_params
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +64,31 @@ PER_EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_sec
 RETRY_EVERY_S = 2.0       # while the store is unreachable, events retry the queue at most this often
 
 
-class MLflowSearchLogger(Callback):
-    """Ray Tune callback: one nested MLflow run per trial under the search's parent run."""
+@dataclass(frozen=True)
+class SearchRuns:
+    """Run layout of a search: one run per trial, nested under the search's parent run."""
+    parent_run_id: str
+    key_tag: str = "ray_trial_id"
+
+    def filter(self) -> str:
+        return nested_filter(self.parent_run_id)
+
+    def name(self, trial_id: str, labels: dict) -> str:
+        return f"trial-{trial_id}"
+
+    def tags(self, trial_id: str, labels: dict) -> dict[str, str]:
+        return {"mlflow.parentRunId": self.parent_run_id, self.key_tag: trial_id}
+
+
+class MLflowTrialLogger(Callback):
+    """Ray Tune callback: one MLflow run per trial, where `layout` says (SearchRuns, PromotedRuns)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base: dict, max_t: int,
-                 metric: str = "val_miou", class_names: list[str] | None = None, rungs: list[int] | None = None,
-                 mode: str = "max"):
+                 metric: str = "val_miou", rungs: list[int] | None = None, mode: str = "max", layout=None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
+        self.layout = layout or SearchRuns(parent_run_id)
         self.base = base
         self.max_t = max_t
         self.metric = metric
@@ -130,11 +153,8 @@ class MLflowSearchLogger(Callback):
     # --- resume: find the runs a previous driver created ------------------------------------
     def setup(self, **info):
         def recover():
-            runs = self.client.search_runs([self.experiment_id],
-                                           f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
-                                           max_results=10000)
-            for run in runs:
-                tid = run.data.tags.get("ray_trial_id")
+            for run in find_runs(self.client, self.experiment_id, self.layout.filter()):
+                tid = run.data.tags.get(self.layout.key_tag)
                 if tid:
                     self.run_ids[tid] = run.info.run_id
                     self._with_params.add(tid)   # written in the op that registered the run
@@ -150,22 +170,20 @@ class MLflowSearchLogger(Callback):
         tid = trial.trial_id
         if tid in self.run_ids:
             return
-        params = dict(trial.config)
-        cfg = apply_overrides(self.base, params)
+        overrides, labels = split_params(dict(trial.config))
+        cfg = apply_overrides(self.base, overrides)
+        key = self.layout.key_tag
 
         def create():
             # Repeatable step by step: a retry after a lost reply finds the run instead of making a second.
             if tid not in self.run_ids:
-                found = self.client.search_runs(
-                    [self.experiment_id],
-                    f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.ray_trial_id = '{tid}'")
+                found = find_runs(self.client, self.experiment_id, f"{self.layout.filter()} and tags.`{key}` = '{tid}'")
                 if found:
                     self.run_ids[tid] = found[0].info.run_id
                 else:
-                    run = self.client.create_run(
-                        self.experiment_id, run_name=f"trial-{tid}",
-                        tags={"mlflow.parentRunId": self.parent_run_id, "ray_trial_id": tid,
-                              "status": "running", "knobs": ", ".join(f"{k}={v}" for k, v in params.items())})
+                    tags = {**self.layout.tags(tid, labels), "status": "running",
+                            "knobs": ", ".join(f"{k}={v}" for k, v in overrides.items())}
+                    run = self.client.create_run(self.experiment_id, run_name=self.layout.name(tid, labels), tags=tags)
                     self.run_ids[tid] = run.info.run_id
             if tid not in self._with_params:
                 rid = self.run_ids[tid]
@@ -177,7 +195,7 @@ class MLflowSearchLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._ensure_run(trial)
         tid, step = trial.trial_id, int(result.get("training_iteration", 0))
-        if step <= self.logged_step.get(tid, 0) or result.get("diverged"):
+        if step <= self.logged_step.get(tid, 0):
             return
         self.logged_step[tid] = step
         ts = int(time.time() * 1000)
@@ -223,8 +241,9 @@ class MLflowSearchLogger(Callback):
         result = trial.last_result or {}
         status = trial_status(result, errored, self.max_t)
         ts = int(time.time() * 1000)
-        final = [Metric(k.replace("iou/", "iou_"), float(v), ts, int(result.get("training_iteration", 0)))
-                 for k, v in result.items() if k.startswith("iou/")]
+        step = int(result.get("training_iteration", 0))
+        final = [Metric(k.replace("iou/", "iou_"), float(v), ts, step) for k, v in result.items()
+                 if k.startswith(("iou/", "final_")) and isinstance(v, (int, float)) and v == v]
         tags = [RunTag("status", status), RunTag("epochs_run", str(result.get("training_iteration", 0)))]
         if status == "failed":
             reason = result.get("error") or _error_text(trial)
@@ -234,9 +253,11 @@ class MLflowSearchLogger(Callback):
         def finish():
             rid = self.run_ids[tid]
             self.client.log_batch(rid, metrics=final, tags=tags)
-            overlays = Path(ckpt_dir, "overlays") if ckpt_dir else None
-            if overlays and overlays.is_dir():
-                self.client.log_artifacts(rid, str(overlays), "overlays")
+            for folder in (OVERLAYS, MODEL_DIR):
+                if ckpt_dir and Path(ckpt_dir, folder).is_dir():
+                    self.client.log_artifacts(rid, str(Path(ckpt_dir, folder)), folder)
+            if ckpt_dir and Path(ckpt_dir, CONFUSION).is_file():
+                self.client.log_artifact(rid, str(Path(ckpt_dir, CONFUSION)))
             self.client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
         self._submit(finish)
 

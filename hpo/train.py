@@ -20,8 +20,7 @@ Choices:
   validations. The engine replays epoch e's shuffle from `seed*1000 + e` and the checkpoint holds
   the RNG state, so a resumed run matches an uninterrupted one.
 - The per-epoch `val_miou` curve is always single-scale; `eval.tta` (multi-scale + flip) applies
-  to the final evaluation only, logged as `final_val_miou`. TTA at every epoch would multiply the
-  validation cost by 2 x len(eval.scales). Without TTA the final evaluation is the last epoch's.
+  to the final evaluation only, logged as `final_val_miou` (hpo/outputs.py, shared with promotion).
 - MLflow is optional at run time: any tracking failure (store unreachable, MLflow not installed
   on a bare GPU box) prints one warning and the training goes on. Without `--tracking-uri` the
   store is MLflow's default (sqlite `mlflow.db` in the working directory; artifacts in
@@ -44,13 +43,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpo.config import ConfigError, dump_yaml, flatten, load_run_config, normalize
-from hpo.mlflow_store import fail_fast_http, get_or_create_experiment, log_params, resolve_tracking_uri
+from hpo.mlflow_store import (fail_fast_http, get_or_create_experiment, log_params, register_model,
+                              resolve_tracking_uri)
+from hpo.outputs import CONFUSION, MODEL_DIR, OVERLAYS, final_evaluation, final_metrics, write_final_outputs
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.json"
 DONE = "done.json"
 RUN_FILE = "mlflow_run.json"
-MODEL_DIR = "model"
 DEFAULT_EXPERIMENT = "ctxtune-train"
 EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds")
 
@@ -97,43 +97,6 @@ def ensure_data(cfg: dict) -> None:
         ensure(data["root"], **data["generate"])
 
 
-def write_overlays(trainer, samples, out_dir: Path) -> None:
-    import cv2
-
-    from datasets.export import overlay
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, (image, pred, _gt) in enumerate(samples):
-        picture = overlay(image, pred, trainer.data.palette)
-        cv2.imwrite(str(out_dir / f"val_{i}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-
-
-def plot_confusion(matrix, class_names: list[str], path: Path, title: str) -> None:
-    """Rows = ground truth normalised to 1 (per-class recall on the diagonal)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    m = np.asarray(matrix, dtype=np.float64)
-    rows = m.sum(1, keepdims=True)
-    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    n = len(class_names)
-    size = max(5.0, 0.38 * n + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), class_names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), class_names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 # --- the training run -----------------------------------------------------------------------
 def train(cfg: dict, out: Path, resume: bool = False, log: Callable[[str], None] = print,
           on_validation: Callable[[dict], None] | None = None) -> dict:
@@ -142,8 +105,6 @@ def train(cfg: dict, out: Path, resume: bool = False, log: Callable[[str], None]
     `on_validation(metrics)` is called after each validation, once the checkpoint of that epoch
     (if any) is on disk. No MLflow here: promotion runs this inside Ray workers.
     """
-    import torch
-
     from hpo.engine import Trainer
     from models.backbone import scratch_warning
 
@@ -158,9 +119,7 @@ def train(cfg: dict, out: Path, resume: bool = False, log: Callable[[str], None]
     ensure_data(cfg)
     out.mkdir(parents=True, exist_ok=True)
     (out / DONE).unlink(missing_ok=True)          # not done until this run says so
-    curve_cfg = copy.deepcopy(cfg)
-    curve_cfg["eval"]["tta"] = False              # per-epoch curves single-scale (see module doc)
-    trainer = Trainer(curve_cfg, log=log)
+    trainer = Trainer(cfg, log=log)
     history: list[dict] = []
     if resume:
         trainer.load(ckpt)
@@ -187,32 +146,13 @@ def train(cfg: dict, out: Path, resume: bool = False, log: Callable[[str], None]
     trainer.fit(after_validation)
     if trainer.epoch > 0 and not ckpt.is_file():
         trainer.save(ckpt)
-    tta = cfg["eval"]["tta"]
-    if tta or last.get("epoch") != trainer.epoch:
-        val = trainer.validate(tta=tta, keep=cfg["eval"]["overlays"])
-    else:
-        val = last["val"]
-    final = {"val_miou": val.metrics["val_miou"], "val_pixel_acc": val.metrics["val_pixel_acc"],
-             "tta": tta, "epochs": trainer.epoch}
+    val = final_evaluation(trainer, last["val"] if last.get("epoch") == trainer.epoch else None)
+    final = final_metrics(val, cfg["eval"]["tta"], trainer.epoch)
     summary = {"history": history, "final": final, "per_class_iou": val.per_class_iou,
                "class_names": list(trainer.data.class_names),
                "confusion": val.confusion.tolist() if val.confusion is not None else None,
                "wall_seconds": time.perf_counter() - start}
-
-    model_dir = out / MODEL_DIR
-    model_dir.mkdir(exist_ok=True)
-    tmp = model_dir / "weights.pt.tmp"
-    torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, tmp)
-    os.replace(tmp, model_dir / "weights.pt")
-    write_atomic(model_dir / "config.yaml", dump_yaml(cfg))
-    if val.samples:
-        write_overlays(trainer, val.samples, out / "overlays")
-    if val.confusion is not None:
-        try:
-            plot_confusion(val.confusion, summary["class_names"], out / "confusion.png",
-                           f"final val mIoU {final['val_miou']:.2f}{' (TTA)' if tta else ''}")
-        except ImportError as exc:
-            log(f"warning: no confusion-matrix picture ({exc})")
+    write_final_outputs(trainer, cfg, val, out)
     write_atomic(out / METRICS, json.dumps(summary, indent=1))
     write_atomic(out / DONE, json.dumps({"final": final, "per_class_iou": val.per_class_iou,
                                          "wall_seconds": summary["wall_seconds"]}, indent=1))
@@ -221,7 +161,7 @@ def train(cfg: dict, out: Path, resume: bool = False, log: Callable[[str], None]
 
 # --- MLflow ---------------------------------------------------------------------------------
 class WarnOnce:
-    """Shared by every tracker of a process: one tracking outage is one warning, not hundreds."""
+    """One tracking outage is one warning, not one per call."""
 
     def __init__(self, stream=None):
         self.stream, self.warned = stream, False
@@ -254,15 +194,6 @@ class RunTracker:
         except Exception as exc:  # noqa: BLE001 - see class docstring
             self.warn(what, exc)
             return None
-
-    def attach(self, out: Path) -> bool:
-        """Point at the run recorded in `out/mlflow_run.json` without touching it."""
-        run_file = Path(out) / RUN_FILE
-        if not run_file.is_file():
-            return False
-        recorded = json.loads(run_file.read_text())
-        self.run_id, self.uri = recorded["run_id"], self.uri or recorded.get("tracking_uri")
-        return True
 
     def start(self, out: Path, cfg: dict, *, experiment: str | None = None, experiment_id: str | None = None,
               run_name: str | None = None, tags: dict[str, str] | None = None, resume: bool = False) -> str | None:
@@ -313,17 +244,14 @@ class RunTracker:
             self.logged_steps.add(step)
         self._guard("logging metrics", log)
 
-    def log_history(self, history: list[dict]) -> None:
-        for metrics in history:
-            self.log_epoch(metrics)
-
     def finish(self, out: Path, summary: dict) -> None:
         """Final metrics (`final_val_miou`, `iou_<class>`), pictures, weights; run FINISHED."""
         out = Path(out)
         if not self.run_id:
             return
 
-        self.log_history(summary.get("history", []))    # epochs a killed process never logged
+        for metrics in summary.get("history", []):       # epochs a killed process never logged
+            self.log_epoch(metrics)
 
         def log():
             from mlflow.entities import Metric
@@ -335,10 +263,10 @@ class RunTracker:
             batch += [Metric(f"iou_{name}", float(v), ts, step)
                       for name, v in summary["per_class_iou"].items() if v == v]     # NaN: class absent
             self.client.log_batch(self.run_id, metrics=batch)
-            for name in ("config.yaml", METRICS, "confusion.png"):
+            for name in ("config.yaml", METRICS, CONFUSION):
                 if (out / name).is_file():
                     self.client.log_artifact(self.run_id, str(out / name))
-            for folder in (MODEL_DIR, "overlays"):
+            for folder in (MODEL_DIR, OVERLAYS):
                 if (out / folder).is_dir():
                     self.client.log_artifacts(self.run_id, str(out / folder), folder)
             self.client.set_terminated(self.run_id, "FINISHED")
@@ -350,29 +278,12 @@ class RunTracker:
                 self.client.set_tag(self.run_id, "error", reason[:5000]),
                 self.client.set_terminated(self.run_id, "FAILED")))
 
-    def is_finished(self) -> bool:
-        return bool(self.run_id) and self._guard(
-            "reading the run", lambda: self.client.get_run(self.run_id).info.status == "FINISHED") is True
-
     def register(self, name: str, tags: dict[str, str] | None = None) -> str | None:
         """A new version of registered model `name` whose source is this run's `model/` folder."""
         if not self.run_id:
             return None
         return self._guard("registering the model",
                            lambda: register_model(self.client, name, self.run_id, tags))
-
-
-def register_model(client, name: str, run_id: str, tags: dict[str, str] | None = None) -> str:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        client.create_registered_model(name, description="ctxtune: weights.pt (state_dict) + config.yaml")
-    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_DIR}"
-    version = client.create_model_version(name, source=source, run_id=run_id,
-                                          tags={k: str(v) for k, v in (tags or {}).items()})
-    return str(version.version)
 
 
 # --- CLI ------------------------------------------------------------------------------------

@@ -1,14 +1,23 @@
 """The Ray Tune function trainable: one trial = one resolved run config trained by the engine.
 
-The sampled knobs arrive as dotted keys (`model.selection.n3`) and are applied to the base
-config; after each validation the trial reports its metrics with a checkpoint (engine state +
-a few prediction-overlay PNGs, which the driver logs to MLflow). A restarted trial continues
-from its last checkpoint. A diverged loss ends the trial at once with a `diverged` result, not
-an exception: retrying a deterministic NaN would only burn the budget again.
+Used by both the search and the promotion (hpo/promotion.py), so a promoted training is the same
+code path as the trial it re-trains.
 
-Every result also names where it ran — `node_id` (Ray node) and `pid` (the worker process) — so
-the driver can tag the MLflow run with it and a multi-node run shows which node did the work
-(and a fault test can find the process to kill).
+- A trial's config is a flat dict of dotted overrides (`model.selection.n3`) applied to the base
+  config. Keys under `ctxtune.` are labels, not config (a promotion's `ctxtune.rank`): the
+  trainable drops them, the MLflow callback turns them into tags (`split_params`).
+- After each validation the trial reports its metrics with a checkpoint (engine state + a few
+  prediction-overlay PNGs, which the driver logs to MLflow). A restarted trial continues from its
+  last checkpoint.
+- `final_outputs=True` (promotion): the last report also carries the final evaluation
+  (`final_val_miou`, with TTA when `eval.tta`; per-class IoU from it) and its checkpoint holds the
+  weights, the confusion picture and the final overlays (hpo/outputs.py).
+- A diverged loss ends the trial at once with one result `{"status": "diverged", "error": ...}`
+  and no metrics, not an exception: retrying a deterministic NaN would only burn the budget again,
+  and a result without metrics is not mistaken for a validation by anyone who reads results (the
+  search turns off Tune's check that every result carries the metric; hpo/search_runner.py).
+- Every result also names where it ran — `node_id` (Ray node) and `pid` (the worker process) —
+  so the driver can tag the MLflow run with it and a fault test can find the process to kill.
 """
 
 from __future__ import annotations
@@ -17,46 +26,49 @@ import os
 import tempfile
 from pathlib import Path
 
-import cv2
 import ray
 from ray import tune
 
 from hpo.config import apply_overrides
 from hpo.engine import DivergenceError, Trainer
+from hpo.outputs import OVERLAYS, final_evaluation, write_final_outputs, write_overlays
+from hpo.searcher import DIVERGED
 
-STATE_FILE = "state.pt"
-
-
-def write_overlays(trainer: Trainer, samples, out_dir: Path) -> None:
-    from datasets.export import overlay
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, (image, pred, _gt) in enumerate(samples):
-        picture = overlay(image, pred, trainer.data.palette)
-        cv2.imwrite(str(out_dir / f"val_{i}.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+CHECKPOINT_FILE = "state.pt"
+LABEL_PREFIX = "ctxtune."
 
 
-def run_trial(params: dict, base: dict) -> None:
-    cfg = apply_overrides(base, params)
+def split_params(params: dict) -> tuple[dict, dict]:
+    """(config overrides, labels) of a trial's params; labels lose their `ctxtune.` prefix."""
+    overrides = {k: v for k, v in params.items() if not k.startswith(LABEL_PREFIX)}
+    labels = {k[len(LABEL_PREFIX):]: v for k, v in params.items() if k.startswith(LABEL_PREFIX)}
+    return overrides, labels
+
+
+def run_trial(params: dict, base: dict, final_outputs: bool = False) -> None:
+    cfg = apply_overrides(base, split_params(params)[0])
     trainer = Trainer(cfg, log=lambda *_: None)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            trainer.load(Path(ckpt_dir) / STATE_FILE)
-    metric_so_far = {"val_miou": 0.0, "val_pixel_acc": 0.0}   # placeholders until the first validation
+            trainer.load(Path(ckpt_dir) / CHECKPOINT_FILE)
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+    epochs = trainer.cfg["budget"]["epochs"]
 
     def on_validation(trainer: Trainer, metrics: dict, val) -> None:
         report = {**metrics, **where}
-        report.update({f"iou/{name}": v for name, v in val.per_class_iou.items()})
-        metric_so_far.update({k: metrics[k] for k in metric_so_far})
         with tempfile.TemporaryDirectory() as tmp:
-            trainer.save(Path(tmp) / STATE_FILE)
-            write_overlays(trainer, val.samples, Path(tmp) / "overlays")
+            trainer.save(Path(tmp) / CHECKPOINT_FILE)
+            if final_outputs and trainer.epoch == epochs:
+                val = final_evaluation(trainer, val)
+                report.update({f"final_{k}": v for k, v in val.metrics.items()})
+                write_final_outputs(trainer, trainer.cfg, val, Path(tmp))
+            else:
+                write_overlays(val.samples, trainer.data.palette, Path(tmp) / OVERLAYS)
+            report.update({f"iou/{name}": v for name, v in val.per_class_iou.items()})
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
         trainer.fit(on_validation)
     except DivergenceError as err:
-        # Placeholder metric keeps schedulers' strict metric checks happy; `diverged` marks it.
-        tune.report({**metric_so_far, **where, "diverged": True, "error": str(err)})
+        tune.report({"status": DIVERGED, "error": str(err), **where})

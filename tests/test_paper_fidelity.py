@@ -118,7 +118,7 @@ def test_scratch_warning_only_for_a_silent_null_at_depth_50_and_up():
 
 @pytest.mark.parametrize("value", ["none", "NONE"])
 def test_pretrained_none_trains_from_scratch_without_touching_the_filesystem(value):
-    from hpo.search import absolutize_paths
+    from hpo.search_runner import absolutize_paths
 
     cfg = preset("fcn", "toy")
     cfg["model"]["backbone"]["pretrained"] = value

@@ -77,7 +77,7 @@ def test_diverged_trials_feedback_to_optuna():
     space = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
     for mode, state in [("pruned", optuna.trial.TrialState.PRUNED), ("worst", optuna.trial.TrialState.COMPLETE),
                         ("fail", optuna.trial.TrialState.FAIL)]:
-        s = HonestOptunaSearch(space=space, metric="val_miou", mode="max", max_t=3, diverged_feedback=mode,
+        s = HonestOptunaSearch(space, "val_miou", "max", max_t=3, diverged_feedback=mode,
                                sampler=optuna.samplers.RandomSampler(seed=0))
         s.suggest("good")
         for step, v in [(1, 5.0), (2, 7.0)]:
@@ -85,8 +85,8 @@ def test_diverged_trials_feedback_to_optuna():
         s.on_trial_complete("good", {"val_miou": 9.0, "training_iteration": 3})
         s.suggest("nan")
         s.on_trial_result("nan", {"val_miou": 3.0, "training_iteration": 1})
-        s.on_trial_complete("nan", {"val_miou": 3.0, "training_iteration": 2, "diverged": True})
-        trial = s._ot_study.trials[1]
+        s.on_trial_complete("nan", {"status": "diverged", "training_iteration": 2})   # as hpo/trainable.py reports
+        trial = s.study.trials[1]
         assert trial.state == state, mode
         assert trial.user_attrs["diverged"] is True
         if mode == "worst":
@@ -152,9 +152,9 @@ def real_search(ray_local, tiny_data, tmp_path_factory):
 
 def test_replaying_a_real_search_reproduces_its_asha_decisions(real_search):
     from hpo.replay import from_search, replay, ReplaySettings
-    from hpo.report_data import locate
+    from hpo.search_handle import find_search
 
-    found = locate("realreplay", str(real_search / "ray_results"))
+    found = find_search("realreplay", str(real_search / "ray_results"))
     real = [(t.status, t.last_step) for t in found.trials]
     assert len(real) == REAL["num_samples"]
     assert {"completed", "early_stopped"} <= {s for s, _ in real}, real
@@ -175,7 +175,7 @@ def test_replay_cli_on_a_finished_search(real_search, capsys):
     assert rc == 0
     assert "replay of search realreplay: random, ASHA grace 2" in out
     assert replay.main(["nosuchsearch", "--storage-path", str(real_search / "ray_results")]) == 2
-    assert "no search named 'nosuchsearch'" in capsys.readouterr().err
+    assert "no search 'nosuchsearch'" in capsys.readouterr().err
 
 
 def test_rung_correlation_is_logged_to_the_parent_run(real_search):

@@ -21,10 +21,11 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from conftest import tiny_run_config
-from hpo import report, search
+from hpo import report, report_page, search_runner
 from hpo.config import apply_overrides, dump_yaml, flatten
-from hpo.report_data import (EVALUATORS, STATE_FILE, importance_table, locate, records_from_journal,
-                             records_from_ray)
+from hpo.search_handle import (STATE_FILE, SearchHandle, find_search as locate, records_from_journal,
+                               records_from_ray)
+from hpo.sensitivity import EVALUATORS, importance_table
 from hpo.space import load_space, optuna_distributions
 
 MAX_T = 3     # tiny_run_config's budget: 3 validations; ASHA grace 1, factor 3 -> one rung at 1
@@ -196,7 +197,7 @@ def test_report_html_embeds_every_figure_and_is_logged_to_the_parent_run(tmp_pat
     html_path = exp_dir / "report" / "report.html"
     page = parse_page(html_path)
     pngs = sorted((exp_dir / "report").glob("*.png"))
-    assert {p.stem for p in pngs} == set(report.FIGURES)
+    assert {p.stem for p in pngs} == set(report_page.FIGURES)
     embedded = [s for s in page.images if s.startswith("data:image/png;base64,")]
     assert len(embedded) == len(page.images) == len(pngs) == 4
     for src in embedded:
@@ -299,7 +300,7 @@ def test_unknown_search_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert report.main(["no-such-search"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: SEARCH: no search named 'no-such-search'")
+    assert len(err) == 1 and err[0].startswith("error: no search 'no-such-search'")
     assert report.main(["0123456789abcdef0123456789abcdef"]) == 2   # a run id, but no MLflow store here
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no MLflow store" in err[0]
@@ -307,12 +308,11 @@ def test_unknown_search_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
 
 
 def test_auto_report_never_fails_the_search(tmp_path, capsys):
-    exp_dir = tmp_path / "ray_results" / "broken"
-    exp_dir.mkdir(parents=True)
-    (exp_dir / STATE_FILE).write_text(json.dumps({"space": str(tmp_path / "gone.yaml")}))
-    search._maybe_report(None, exp_dir)           # unknown space: report exits 2, search goes on
-    (exp_dir / STATE_FILE).write_text("[1, 2]")   # corrupt state: an exception inside the report
-    search._maybe_report(None, exp_dir)
+    """The report a search writes at its end: any problem is one warning line, the search succeeds."""
+    spec = load_space(write_space(tmp_path, "broken"))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("the report folder would go below this file")
+    search_runner.report_or_warn(SearchHandle("broken", spec, exp_dir=blocker))
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith(("error:", "warning:")) for line in err)
-    assert err[1].startswith("warning: the sensitivity report failed")
+    assert len(err) == 1 and err[0].startswith("warning: the sensitivity report failed"), err
+    assert f"python -m hpo.report {blocker}" in err[0]

@@ -103,7 +103,7 @@ def test_demo_search_end_to_end(ray_local, tiny_data, tmp_path, capsys, monkeypa
     assert state_files
     with open(state_files[-1], "rb") as f:
         saved = pickle.load(f)
-    assert isinstance(saved["_ot_study"].sampler, optuna.samplers.TPESampler)
+    assert isinstance(saved["study"].sampler, optuna.samplers.TPESampler)
 
 
 def finished_trial_runs(db: Path) -> int:

@@ -1,0 +1,355 @@
+"""The search as a programmatic API: open it, build its Tuner, run it, finish it.
+
+    from hpo.space import load_space
+    from hpo.search_runner import run_search
+
+    spec = load_space("search_spaces/demo.yaml", overrides={"experiment.name": "demo-2"})
+    rc = run_search(spec, space_path="search_spaces/demo.yaml")      # 0, or 130 when interrupted
+
+`run_search` = `open_search` (resume guard, data, Ray, MLflow experiment + parent run, the state
+file beside Ray's results) -> `build_tuner` (the trainable, the honest Optuna searcher, ASHA, the
+MLflow callback) -> `Tuner.fit` -> `finish_search` (interruption, leaderboard, best config, the
+sensitivity report). `python -m hpo.search` only parses its arguments and calls it; benchmarks
+call it the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from hpo.config import apply_overrides, dump_yaml, get_key
+from hpo.mlflow_store import fail_fast_http, get_or_create_experiment, resolve_tracking_uri
+from hpo.search_handle import JOURNAL_FILE, STATE_FILE, SearchHandle, read_state, write_state
+from hpo.space import SpaceError, SpaceFile, encoded_points, make_sampler, optuna_distributions, rung_milestones
+
+
+@dataclass
+class OpenSearch:
+    """A search whose Ray, MLflow parent run and state file are ready: what `build_tuner` needs."""
+    spec: SpaceFile
+    space_path: str
+    exp_dir: Path
+    base: dict                 # the base config trials apply their knobs to (paths made absolute)
+    resources: dict
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    resume: bool
+
+    @property
+    def name(self) -> str:
+        return self.spec.experiment.name
+
+    def handle(self) -> SearchHandle:
+        """The finished search as promote/report/replay see it, with the in-memory space file."""
+        return SearchHandle(self.name, self.spec, exp_dir=self.exp_dir, parent_run_id=self.parent_run_id,
+                            tracking_uri=self.tracking_uri, experiment_id=self.experiment_id,
+                            space_source=self.space_path)
+
+
+def run_search(spec: SpaceFile, *, space_path: str, resume: bool = False, address: str | None = None,
+               report: bool = True, resume_hint: str = "") -> int:
+    """Run (or with `resume`, continue) the search `spec`; 0 when every trial finished, 130 when interrupted."""
+    search = open_search(spec, space_path=space_path, resume=resume, address=address)
+    tuner = build_tuner(search)
+    start = time.perf_counter()
+    tuner.fit()
+    return finish_search(search, time.perf_counter() - start, report=report, resume_hint=resume_hint)
+
+
+def open_search(spec: SpaceFile, *, space_path: str, resume: bool = False, address: str | None = None) -> OpenSearch:
+    from mlflow.tracking import MlflowClient
+
+    _quiet_environment()
+    name = spec.experiment.name
+    storage = Path(spec.experiment.storage_path).expanduser().resolve()
+    exp_dir = storage / name
+    state_path = exp_dir / STATE_FILE
+    if resume and not state_path.is_file():
+        raise SpaceError(f"--resume: no search named '{name}' under {storage} (looked for {state_path})")
+    if not resume and state_path.is_file():
+        raise SpaceError(f"experiment.name: a search named '{name}' already exists under {storage}; "
+                         f"use --resume to continue it or --name to start another")
+    base = absolutize_paths(spec.base)
+    ensure_data(base)
+    connect_ray(address)
+    resources, base = fit_resources(spec.resources, base)
+
+    uri = resolve_tracking_uri(spec.experiment.tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = get_or_create_experiment(client, name)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        parent_id = read_state(exp_dir)["parent_run_id"]
+        client.update_run(parent_id, status="RUNNING")
+    else:
+        parent_id = client.create_run(experiment_id, run_name=name,
+                                      tags={"ctxtune.search": name, "ray_results": str(exp_dir)}).info.run_id
+        client.log_text(parent_id, Path(space_path).read_text(), "space.yaml")
+        client.log_text(parent_id, dump_yaml(base), "base_config.yaml")
+        write_state(exp_dir, parent_id, uri, experiment_id, str(Path(space_path).resolve()))
+    print(f"search '{name}': {spec.search.num_samples} trials, {spec.search.max_concurrent} at a time; "
+          f"MLflow {uri} (parent run {parent_id}); Ray results {exp_dir}", flush=True)
+    return OpenSearch(spec, space_path, exp_dir, base, resources, uri, experiment_id, parent_id, resume)
+
+
+def build_tuner(search: OpenSearch):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from hpo.searcher import HonestOptunaSearch
+    from hpo.tracking import MLflowTrialLogger
+    from hpo.trainable import run_trial
+
+    spec, sched = search.spec, search.spec.scheduler
+    callbacks = [MLflowTrialLogger(search.tracking_uri, search.experiment_id, search.parent_run_id, search.base,
+                                   sched.max_t, metric=sched.metric, rungs=rung_milestones(spec), mode=sched.mode),
+                 progress_printer(sched.metric, sched.max_t)]
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=search.base), search.resources)
+    if search.resume:
+        return tune.Tuner.restore(str(search.exp_dir), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    searcher = HonestOptunaSearch(
+        optuna_distributions(spec), sched.metric, sched.mode, sampler=make_sampler(spec), max_t=sched.max_t,
+        points_to_evaluate=encoded_points(spec), study_name=search.name,
+        storage=JournalStorage(JournalFileBackend(str(search.exp_dir / JOURNAL_FILE))),
+        feedback=spec.search.feedback, diverged_feedback=spec.search.diverged_feedback)
+    scheduler = (ASHAScheduler(time_attr=sched.time_attr, max_t=sched.max_t, grace_period=sched.grace_period,
+                               reduction_factor=sched.reduction_factor)
+                 if sched.name == "asha" else FIFOScheduler())
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=sched.metric, mode=sched.mode, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=spec.search.num_samples,
+                                    max_concurrent_trials=spec.search.max_concurrent, reuse_actors=True),
+        run_config=tune.RunConfig(name=search.name, storage_path=str(search.exp_dir.parent), verbose=0,
+                                  callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
+def finish_search(search: OpenSearch, wall: float, *, report: bool = True, resume_hint: str = "") -> int:
+    """After `Tuner.fit`: 130 when interrupted (resumable), else the leaderboard, best config and report."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    spec, client = search.spec, MlflowClient(tracking_uri=search.tracking_uri)
+    ray_trials = tune.ExperimentAnalysis(str(search.exp_dir)).trials
+    unfinished = [t for t in ray_trials if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished or len(ray_trials) < spec.search.num_samples:
+        done = len(ray_trials) - len(unfinished)
+        client.set_terminated(search.parent_run_id, "KILLED")
+        print(f"\ninterrupted after {wall:.0f} s: {done} of {spec.search.num_samples} trials finished; continue with\n"
+              f"  python -m hpo.search {search.space_path} --resume{resume_hint}")
+        return 130
+
+    handle = search.handle()
+    rows = handle.leaderboard()
+    keys, metric = list(spec.space), spec.scheduler.metric
+    print(f"\nleaderboard ({len(rows)} trials, {wall:.0f} s):\n{format_leaderboard(rows, keys, metric)}")
+    best = next((r for r in rows if r["status"] == "completed" and r["best"] is not None), None)
+    try:
+        client.log_text(search.parent_run_id, leaderboard_csv(rows, keys, metric), "leaderboard.csv")
+        if best:
+            record = next(t for t in handle.trials if t.trial_id == best["trial"])
+            client.log_text(search.parent_run_id, dump_yaml(apply_overrides(search.base, record.params)),
+                            "best_config.yaml")
+            client.log_metric(search.parent_run_id, f"best_{metric}", best["best"])
+            client.set_tag(search.parent_run_id, "best_trial", best["trial"])
+        client.set_terminated(search.parent_run_id, "FINISHED")
+    except Exception as exc:  # noqa: BLE001 - the search itself succeeded
+        print(f"warning: could not write the leaderboard to MLflow ({exc})", file=sys.stderr)
+    print(f"\n{ui_hint(search.tracking_uri, search.experiment_id)}")
+    if report:
+        report_or_warn(handle)
+    return 0
+
+
+# --- the leaderboard, printed and as CSV -------------------------------------------------------
+
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.5g}" if isinstance(v, float) else str(v)
+
+
+def format_leaderboard(rows: list[dict], keys: list[str], metric: str) -> str:
+    cols = ["rank", "trial", *keys, metric, "epochs", "status"]
+    cells = [cols] + [[f"{r['best']:.2f}" if c == metric and r["best"] is not None else
+                       _cell(r["best"] if c == metric else r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def leaderboard_csv(rows: list[dict], keys: list[str], metric: str) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["rank", "trial", *keys, metric, "epochs", "status"])
+    for r in rows:
+        writer.writerow([r["rank"], r["trial"], *[r[k] for k in keys], r["best"], r["epochs"], r["status"]])
+    return buf.getvalue()
+
+
+# --- pieces --------------------------------------------------------------------------------------
+
+def connect_ray(address: str | None) -> None:
+    """Join the cluster at `address`, or start a local Ray; a failure is one line."""
+    import ray
+
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as err:
+            raise SpaceError(_join_error(address, err)) from None
+
+
+def fit_resources(section, base: dict, what: str = "trials") -> tuple[dict, dict]:
+    """Per-trial resources from the space file's `resources`; with GPUs asked of a cluster that has
+    none, one warning and CPU trials (the base config's device becomes cpu)."""
+    import ray
+
+    resources = {"cpu": section.cpu, "gpu": section.gpu}
+    if resources["gpu"] and not ray.cluster_resources().get("GPU"):
+        print(f"warning: resources.gpu={resources['gpu']} but the Ray cluster has no GPU; {what} run on CPU",
+              file=sys.stderr, flush=True)
+        resources["gpu"] = 0
+        base = dict(base, runtime=dict(base["runtime"], device="cpu"))
+    return resources, base
+
+
+def progress_printer(metric: str, max_t: int, name=None):
+    """A Tune callback printing a compact line per validation result (Ray's own table is off);
+    `name(trial)` labels a trial (default "trial <id>")."""
+    from ray.tune import Callback
+
+    from hpo.searcher import trial_status
+
+    label = name or (lambda trial: f"trial {trial.trial_id}")
+
+    class ProgressPrinter(Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            score = (f"{metric} {result[metric]:.2f} loss {result.get('train_loss', float('nan')):.3f}"
+                     if metric in result else result.get("status", "no score"))
+            print(f"[{time.strftime('%H:%M:%S')}] {label(trial)} epoch {result.get('training_iteration')}/"
+                  f"{max_t} {score} ({done}/{len(trials)} done)", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            print(f"[{time.strftime('%H:%M:%S')}] {label(trial)} "
+                  f"{trial_status(trial.last_result, False, max_t)}", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            print(f"[{time.strftime('%H:%M:%S')}] {label(trial)} failed", flush=True)
+
+    return ProgressPrinter()
+
+
+def _quiet_environment() -> None:
+    # Per-epoch checkpoints of short toy trials trip Ray's snapshot-frequency warning constantly.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # A diverged trial's last result carries its status and no metrics (hpo/trainable.py). Tune's
+    # check that every result holds the metric guards against typos, which the space file's schema
+    # already rules out (scheduler.metric is one of the metrics trials report).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # An unreachable tracking server must fail fast into the MLflow logger's queue, not block the
+    # driver loop (and with it every trial's results and checkpoints) for minutes per call.
+    fail_fast_http()
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def absolutize_paths(base: dict) -> dict:
+    """Trials run in their own working directories: make file paths in the config absolute."""
+    cfg = dict(base)
+    data = dict(cfg["data"])
+    if data.get("root"):
+        data["root"] = str(Path(data["root"]).expanduser().resolve())
+    cfg["data"] = data
+    pretrained = cfg["model"].get("backbone", {}).get("pretrained")
+    if pretrained and str(pretrained).strip().lower() != "none":     # "none": from scratch, not a path
+        model = dict(cfg["model"])
+        model["backbone"] = dict(model["backbone"], pretrained=str(Path(pretrained).expanduser().resolve()))
+        cfg["model"] = model
+    return cfg
+
+
+def ensure_data(base: dict) -> None:
+    """The demo's synthetic set is generated on first use (one line says so)."""
+    data = base["data"]
+    if data["name"] == "synthetic" and data.get("generate"):
+        from datasets.synthetic import DEFAULTS_ROOT, ensure
+
+        root = data["root"] or DEFAULTS_ROOT
+        if ensure(root, **data["generate"]):
+            print(f"generated the synthetic dataset in {root}")
+
+
+def dry_run(spec: SpaceFile, n: int = 3) -> None:
+    """Print the resolved space and `n` configs the sampler proposes (the paper's points first)."""
+    import optuna
+
+    _quiet_environment()
+    print(f"search '{spec.experiment.name}': {spec.search.num_samples} trials, sampler {spec.search.sampler}, "
+          f"scheduler {spec.scheduler.name} (max_t={spec.scheduler.max_t}), "
+          f"{spec.resources.cpu} CPU / {spec.resources.gpu} GPU per trial")
+    print("space:")
+    for key, dist in spec.space.items():
+        print(f"  {key}: {dist.model_dump(exclude_none=True)}")
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec))
+    for point in encoded_points(spec):
+        study.enqueue_trial(point)
+    dists = optuna_distributions(spec)
+    for i in range(n):
+        trial = study.ask(dists)
+        cfg = apply_overrides(spec.base, {k: trial.params[k] for k in dists})
+        print(f"sample {i}: " + ", ".join(f"{k}={get_key(cfg, k)}" for k in dists))
+        study.tell(trial, 0.0)
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """How to look at the runs. `workflowType=machine_learning` makes MLflow 3.17's UI open the runs
+    table (with the nested trials) instead of its GenAI overview."""
+    page = f"#/experiments/{experiment_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"open the runs: {uri.rstrip('/')}/{page}"
+    return (f"open the runs: mlflow ui --backend-store-uri {uri}\n"
+            f"               then http://127.0.0.1:5000/{page}")
+
+
+def report_or_warn(handle: SearchHandle) -> None:
+    """The sensitivity report at the end of a search: a problem is one warning line, never a failed search."""
+    try:
+        from hpo.report_page import write_report
+
+        write_report(handle)
+    except Exception as exc:  # noqa: BLE001 - the search itself succeeded
+        print(f"warning: the sensitivity report failed ({type(exc).__name__}: {exc}); "
+              f"retry with: python -m hpo.report {handle.exp_dir}", file=sys.stderr)
+
+
+def _join_error(address: str | None, err: Exception) -> str:
+    """One line for a failed `--address`: Ray's own message is deep in a traceback chain."""
+    from ray.exceptions import AuthenticationError
+
+    # The auth failure arrives as an AuthenticationError in the chain or only as text in it.
+    chain, cause = [], err
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) for e in chain):
+        return (f"--address: the Ray cluster at {address} rejected this process's auth token (Ray >= 2.60 "
+                f"clusters use token authentication): set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
+                f"RAY_AUTH_TOKEN_PATH) to the cluster's token - `ray get-auth-token` on the head prints it")
+    return f"--address: cannot join the Ray cluster at {address} ({str(err).splitlines()[0]})"
