@@ -31,6 +31,7 @@ from pathlib import Path
 
 import yaml
 from benchmarks.results import write_section
+from benchmarks.toy_task import toy_config
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Cluster scaling (hpo.search on 1 vs 2 Ray nodes)"
@@ -95,13 +96,7 @@ def run_on_cluster(nodes: int, space: Path, work: Path) -> float:
 
 
 def write_space(work: Path, data_root: Path, trials: int, epochs: int, steps: int, concurrent: int) -> Path:
-    from hpo.config import load_yaml
-
-    base = load_yaml(REPO / "search_spaces" / "configs" / "msglore_toy.yaml")
-    base["data"].update({"root": str(data_root), "generate": None, "crop": [64, 64], "batch_size": 4,
-                         "val_batch_size": 6})
-    base["budget"] = {"epochs": epochs, "iters_per_epoch": steps, "val_every": 1}
-    base["eval"] = {"tta": False, "overlays": 1}
+    base = toy_config(data_root, epochs=epochs, iters_per_epoch=steps, overlays=1)
     space = {
         "experiment": {"name": "scaling", "storage_path": str(work / "ray_results"),
                        "tracking_uri": f"sqlite:///{work}/mlflow.db"},

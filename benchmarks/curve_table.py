@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.toy_task import toy_config
+
 REPO = Path(__file__).resolve().parents[1]
 TABLE = REPO / "benchmarks" / "tables" / "msglore_toy_curves.npz"
 
@@ -73,15 +75,8 @@ def sobol_configs(n: int, seed: int = 0) -> list[dict]:
 
 
 def base_config(data_root: str) -> dict:
-    from hpo.config import load_yaml
-
-    cfg = load_yaml(REPO / "search_spaces" / "configs" / "msglore_toy.yaml")
-    cfg["data"].update({"root": data_root, "generate": None, "crop": TASK["crop"], "batch_size": TASK["batch"],
-                        "val_batch_size": 8, "workers": 0})
-    cfg["budget"] = {"epochs": TASK["epochs"], "iters_per_epoch": TASK["iters"], "val_every": 1}
-    cfg["eval"] = {"tta": False, "overlays": 0, "anneal_steps": ANNEAL_STEPS}
-    cfg["runtime"] = {"device": "cpu", "threads": 1}
-    return cfg
+    return toy_config(data_root, epochs=TASK["epochs"], iters_per_epoch=TASK["iters"], crop=TASK["crop"],
+                      batch_size=TASK["batch"], val_batch_size=8, overlays=0, anneal_steps=ANNEAL_STEPS)
 
 
 def train_one(job: tuple[int, dict, str, int, str]) -> dict:

@@ -47,7 +47,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from benchmarks.results import write_section
+from benchmarks.results import publish
+from benchmarks.toy_task import toy_config
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Orchestration overhead (ctxtune search vs bare Ray Tune)"
@@ -84,15 +85,7 @@ def pad_epochs_in_worker() -> None:
 
 # --- (a) ctxtune ---------------------------------------------------------------------------------
 def tiny_base(data_root: Path, epochs: int) -> dict:
-    from hpo.config import load_yaml
-
-    cfg = load_yaml(REPO / "search_spaces" / "configs" / "msglore_toy.yaml")
-    cfg["data"].update({"root": str(data_root), "generate": None, "crop": [64, 64], "batch_size": 4,
-                        "val_batch_size": 6, "workers": 0})
-    cfg["budget"] = {"epochs": epochs, "iters_per_epoch": 1, "val_every": 1}
-    cfg["eval"] = {"tta": False, "overlays": 2}
-    cfg["runtime"] = {"device": "cpu", "threads": 1}
-    return cfg
+    return toy_config(data_root, epochs=epochs, iters_per_epoch=1)
 
 
 def write_space(work: Path, name: str, base: dict, args) -> Path:
@@ -257,10 +250,7 @@ def main(argv=None) -> int:
         f"cost per trial; bare Ray Tune {best('bare Ray Tune', 'ratio'):.3f}x / {best('bare Ray Tune', 'span_ratio'):.3f}x "
         f"/ {best('bare Ray Tune', 'per_trial'):.2f} s (goal: ctxtune <= 1.10x; Ray's own bookkeeping benchmark: 1.14x).",
     ])
-    print(section)
-    if args.write:
-        write_section(HEADING, section)
-    return 0
+    return publish(HEADING, section, args.write)
 
 
 if __name__ == "__main__":

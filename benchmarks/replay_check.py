@@ -28,7 +28,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.results import write_section
+from benchmarks.results import publish
+from benchmarks.toy_task import toy_config
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## Replay vs reality (small real searches replayed from their own curves)"
@@ -42,14 +43,7 @@ MAX_T = 4
 
 def space_file(work: Path, data_root: Path, name: str, sampler: str, seed: int, grace: int, rf: int,
                trials: int) -> Path:
-    from hpo.config import load_yaml
-
-    base = load_yaml(REPO / "search_spaces" / "configs" / "msglore_toy.yaml")
-    base["data"].update({"root": str(data_root), "generate": None, "crop": [64, 64], "batch_size": 4,
-                         "val_batch_size": 8, "workers": 0})
-    base["budget"] = {"epochs": MAX_T, "iters_per_epoch": 4, "val_every": 1}
-    base["eval"] = {"tta": False, "overlays": 0}
-    base["runtime"] = {"device": "cpu", "threads": 1}
+    base = toy_config(data_root, epochs=MAX_T, iters_per_epoch=4, val_batch_size=8, overlays=0)
     space = {"experiment": {"name": name, "storage_path": str(work / "ray_results"),
                             "tracking_uri": f"sqlite:///{work}/mlflow.db"},
              "base": base,
@@ -114,10 +108,7 @@ def main(argv=None) -> int:
         f"`python -m benchmarks.replay_check`, {time.perf_counter() - t_all:.0f} s in all. Tiny task (24 train / 8 val "
         f"synthetic images, 4 SGD steps per epoch, {MAX_T} epochs); the replay takes each result's duration "
         "from Ray's result.json.", "", *rows])
-    print(section)
-    if args.write:
-        write_section(HEADING, section)
-    return 0
+    return publish(HEADING, section, args.write)
 
 
 if __name__ == "__main__":

@@ -15,3 +15,11 @@ def write_section(heading: str, section: str, path: Path = RESULTS) -> None:
         end = text.find("\n## ", start + len(heading))
         text = text[:start] + (text[end + 1:] if end >= 0 else "")
     path.write_text(text.rstrip() + "\n\n" + section.rstrip() + "\n")
+
+
+def publish(heading: str, section: str, write: bool) -> int:
+    """Print a benchmark's section; with `write` (the scripts' --write) also put it in RESULTS.md."""
+    print(section)
+    if write:
+        write_section(heading, section)
+    return 0

@@ -73,6 +73,7 @@ def majority_baseline(gt_counts: torch.Tensor) -> dict:
 
 def main(argv=None) -> int:
     from hpo.config import load_run_config
+    from hpo.outputs import per_class_lines
 
     args = parse_args(argv)
     try:
@@ -84,8 +85,7 @@ def main(argv=None) -> int:
     base = res["majority_baseline"]
     print(f"mIoU {res['miou']:.2f}  pixel acc {res['pixel_acc']:.2f}{'  (TTA)' if args.tta else ''}   "
           f"[always predicting the majority class: mIoU {base['miou']:.2f}, pixel acc {base['pixel_acc']:.2f}]")
-    for name, iou in res["per_class_iou"].items():
-        print(f"  {name:<16} {iou:6.2f}")
+    print(per_class_lines(res["per_class_iou"]))
     if args.export_dir:
         print(f"predictions written to {args.export_dir}/labelIds and {args.export_dir}/overlays")
     return 0

@@ -47,6 +47,11 @@ def final_metrics(val, tta: bool, epochs: int) -> dict:
             "tta": tta, "epochs": epochs}
 
 
+def per_class_lines(per_class_iou: dict[str, float]) -> str:
+    """The per-class IoU table `hpo.train` and `hpo.evaluate` print."""
+    return "\n".join(f"  {name:<16} {iou:6.2f}" for name, iou in per_class_iou.items())
+
+
 def write_model(trainer, cfg: dict, out: Path) -> None:
     model_dir = Path(out) / MODEL_DIR
     model_dir.mkdir(parents=True, exist_ok=True)

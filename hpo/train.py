@@ -45,7 +45,8 @@ from typing import Any, Callable
 from hpo.config import ConfigError, dump_yaml, flatten, load_run_config, normalize
 from hpo.mlflow_store import (fail_fast_http, get_or_create_experiment, log_params, register_model,
                               resolve_tracking_uri)
-from hpo.outputs import CONFUSION, MODEL_DIR, OVERLAYS, final_evaluation, final_metrics, write_final_outputs
+from hpo.outputs import (CONFUSION, MODEL_DIR, OVERLAYS, final_evaluation, final_metrics, per_class_lines,
+                         write_final_outputs)
 
 CHECKPOINT = "last.pt"
 METRICS = "metrics.json"
@@ -324,8 +325,7 @@ def main(argv=None) -> int:
     final = summary["final"]
     print(f"final val mIoU {final['val_miou']:.2f}{' (TTA)' if final['tta'] else ''}  "
           f"({summary['wall_seconds']:.0f} s); outputs in {out}")
-    for name, iou in summary["per_class_iou"].items():
-        print(f"  {name:<16} {iou:6.2f}")
+    print(per_class_lines(summary["per_class_iou"]))
     if args.register:
         version = tracker.register(args.register, {"config": str(args.config)})
         if version:

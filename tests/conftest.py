@@ -13,7 +13,6 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-TOY_CONFIG = REPO / "search_spaces" / "configs" / "msglore_toy.yaml"
 TINY_DATA = {"train": 24, "val": 6, "size": [64, 128], "seed": 0}
 
 
@@ -39,13 +38,10 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def tiny_run_config(data_root: Path, **overrides) -> dict:
     """The toy msglore config shrunk to seconds per epoch on 64x128 synthetic images."""
-    from hpo.config import load_yaml, set_key
+    from benchmarks.toy_task import toy_config
+    from hpo.config import set_key
 
-    cfg = load_yaml(TOY_CONFIG)
-    cfg["data"].update({"root": str(data_root), "generate": None, "crop": [64, 64], "batch_size": 4,
-                        "val_batch_size": 6})
-    cfg["budget"] = {"epochs": 3, "iters_per_epoch": 3, "val_every": 1}
-    cfg["eval"] = {"tta": False, "overlays": 2}
+    cfg = toy_config(data_root)
     for key, value in overrides.items():
         set_key(cfg, key, value)
     return cfg

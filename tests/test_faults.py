@@ -28,9 +28,16 @@ def sqlite_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 
-def driver_started(log: Path, name: str):
-    # The driver created the MLflow store: reading it from here no longer races its creation.
-    return lambda: f"search '{name}':" in log.read_text()
+def spawn_search(tmp_path: Path, space: Path, name: str, log: Path, *extra: str):
+    """`python -m hpo.search` in its own process group, returned once it has created the MLflow
+    store: reading the store from here no longer races its creation."""
+    driver = spawn(search_cmd(space, *extra), log, env=search_env(), cwd=tmp_path)
+    try:
+        wait_for(lambda: f"search '{name}':" in log.read_text(), 300, "search start", driver, log)
+    except BaseException:
+        stop(driver)
+        raise
+    return driver
 
 
 def load_study(tmp_path: Path, name: str) -> optuna.Study:
@@ -70,10 +77,8 @@ def test_killed_trial_restarts_from_checkpoint_and_diverged_trial_fails(tiny_dat
     space = write_space(tmp_path, tiny_data, "killtrial", sqlite_uri(tmp_path), num_samples=3, epochs=epochs,
                         iters_per_epoch=12, points=points, max_retries=1, lr_high=1e12)
     log = tmp_path / "search.log"
-    driver = spawn(search_cmd(space), log, env=search_env(), cwd=tmp_path)
+    driver = spawn_search(tmp_path, space, "killtrial", log)
     try:
-        wait_for(driver_started(log, "killtrial"), 300, "search start", driver, log)
-
         def a_training_trial():
             client, _, runs = trial_runs(sqlite_uri(tmp_path), "killtrial")
             for run in runs:
@@ -128,10 +133,8 @@ def test_killed_driver_resumes_without_loss_or_duplicates(tiny_data, tmp_path):
     n = 4
     space = write_space(tmp_path, tiny_data, "killdriver", sqlite_uri(tmp_path), num_samples=n)
     log = tmp_path / "first.log"
-    driver = spawn(search_cmd(space), log, env=search_env(), cwd=tmp_path)
+    driver = spawn_search(tmp_path, space, "killdriver", log)
     try:
-        wait_for(driver_started(log, "killdriver"), 300, "search start", driver, log)
-
         def finished_runs():
             _, _, runs = trial_runs(sqlite_uri(tmp_path), "killdriver")
             return sum(r.info.status != "RUNNING" for r in runs) >= 1
