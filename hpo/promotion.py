@@ -167,7 +167,7 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     """Train the winners; 0 when all trainings finished, 1 when some failed, 130 when interrupted."""
     from ray import tune
 
-    from hpo.search_runner import connect_ray, fit_resources, progress_printer
+    from hpo.search_runner import charged, connect_ray, fit_resources, progress_printer
     from hpo.tracking import MLflowTrialLogger
     from hpo.trainable import run_trial
 
@@ -206,7 +206,8 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     logger = MLflowTrialLogger(handle.tracking_uri, handle.experiment_id, handle.parent_run_id, base, epochs,
                                metric=metric, mode=handle.mode, layout=layout)
     callbacks = [logger, progress_printer(metric, epochs, name=_trial_label)]
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, final_outputs=True), resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, final_outputs=True,
+                                                         **charged(resources)), resources)
     path = out_root / TUNE_NAME
     if resuming:
         _print_restored(path)
@@ -236,7 +237,9 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     rows = results_table(winners, jobs, scores, spec)
     print(f"\npromotion of '{handle.name}' ({len(jobs)} trainings, {wall:.0f} s):")
     print(format_rows(rows, list(spec.space), metric))
-    (out_root / "summary.json").write_text(json.dumps(rows, indent=1))
+    cost = cost_line(handle, finished.values())
+    print(cost["line"], flush=True)
+    (out_root / "summary.json").write_text(json.dumps({"winners": rows, "cost": cost}, indent=1))
     champion = choose_champion(rows, handle.mode if key == f"final_{metric}" else "max")
     if champion is None:
         print("no training finished: no champion registered", file=sys.stderr)
@@ -250,6 +253,26 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
           + (f"model '{handle.name}' version {version} has alias '{CHAMPION}'" if version else "not registered")
           + f"\nwinner configs in {out_root}; runs in MLflow {handle.tracking_uri}")
     return 0 if all(s is not None for s in scores.values()) else 1
+
+
+def cost_line(handle: SearchHandle, trials) -> dict:
+    """What the promotion spent (hpo/ledger.py), printed and logged to the search's parent run as
+    `promotion_device_seconds`, beside the search's own `cost_*`."""
+    from hpo.ledger import ledger
+
+    results = [t.last_result or {} for t in trials]
+    total = sum(float(r.get("device_seconds_total", 0.0)) for r in results)
+    kinds = {r["device_kind"] for r in results if "device_kind" in r}
+    unit = {"gpu": "GPU", "cpu": "CPU"}.get(kinds.pop() if len(kinds) == 1 else "", "device")
+    search = ledger(handle.trials, [handle.max_t])
+    line = f"cost: {total:.0f} {unit}-seconds ({total / 3600:.2f} h) for {len(results)} trainings"
+    if search.full_training:
+        line += f", {total / search.full_training:.1f}x one full-budget search trial; the search cost {search.total:.0f}"
+    try:
+        handle.client.log_metric(handle.parent_run_id, "promotion_device_seconds", total)
+    except Exception as exc:  # noqa: BLE001 - the trainings themselves succeeded
+        print(f"warning: could not log the promotion's cost to MLflow ({type(exc).__name__})", file=sys.stderr)
+    return {"device_seconds": total, "device_kind": unit.lower(), "line": line}
 
 
 def _job_config(base: dict, job: Job) -> dict:

@@ -45,7 +45,6 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -177,15 +176,11 @@ def from_search(search) -> CurveSource:
 
 def _ray_durations(exp_dir: Path) -> dict[str, dict[int, float]]:
     """trial id -> {validation: seconds} from Ray's per-trial result.json files."""
-    out: dict[str, dict[int, float]] = {}
-    for path in Path(exp_dir).glob("*/result.json"):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                out.setdefault(row["trial_id"], {})[int(row["training_iteration"])] = float(row["time_this_iter_s"])
-            except (ValueError, KeyError, TypeError):
-                continue       # a line cut short by an interrupted write, or a result without timing
-    return out
+    from hpo.search_handle import ray_results
+
+    return {tid: {int(r["training_iteration"]): float(r["time_this_iter_s"]) for r in rows
+                  if "training_iteration" in r and "time_this_iter_s" in r}
+            for tid, rows in ray_results(exp_dir).items()}
 
 
 # --- the simulation ----------------------------------------------------------------------------
@@ -205,6 +200,9 @@ class ReplaySettings:
     feedback: str = "pruned"
     diverged_feedback: str = "pruned"     # as search.diverged_feedback
     points_to_evaluate: list[dict] = field(default_factory=list)
+    defaults: dict = field(default_factory=dict)   # knob -> default (hpo/priors.py): evaluated first, a prior
+    prior_share: float = 0.2
+    prior_width: float = 0.15
 
 
 @dataclass
@@ -251,8 +249,9 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
     from ray.tune.search import ConcurrencyLimiter
 
+    from hpo.priors import with_priors
     from hpo.searcher import HonestOptunaSearch
-    from hpo.space import SearchSection, make_sampler
+    from hpo.space import SearchSection, base_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = settings
@@ -268,9 +267,11 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
         num_samples = math.ceil(s.budget_epochs / per_trial)
     search = SearchSection(sampler=s.sampler, seed=s.seed, num_samples=num_samples,
                            max_concurrent=min(s.max_concurrent, num_samples), feedback=s.feedback)
-    sampler = make_sampler(SimpleNamespace(search=search))
+    sampler = with_priors(base_sampler(search), source.distributions, s.defaults, s.prior_share, s.prior_width,
+                          s.seed)
+    points = ([dict(s.defaults)] if s.defaults else []) + [p for p in s.points_to_evaluate if p != s.defaults]
     searcher = HonestOptunaSearch(source.distributions, source.metric, source.mode, sampler=sampler, max_t=max_t,
-                                  points_to_evaluate=s.points_to_evaluate, feedback=s.feedback,
+                                  points_to_evaluate=points, feedback=s.feedback,
                                   diverged_feedback=s.diverged_feedback)
     limiter = ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
     scheduler = (ASHAScheduler(time_attr="training_iteration", metric=source.metric, mode=source.mode,
@@ -423,6 +424,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.search:
+            from hpo.config import encode_choice
             from hpo.search_handle import SearchNotFound, find_search
             from hpo.space import encoded_points
 
@@ -438,7 +440,10 @@ def main(argv=None) -> int:
                                       max_concurrent=spec.search.max_concurrent, num_samples=spec.search.num_samples,
                                       feedback=spec.search.feedback,
                                       diverged_feedback=spec.search.diverged_feedback,
-                                      points_to_evaluate=encoded_points(spec))
+                                      points_to_evaluate=encoded_points(spec),
+                                      defaults={k: encode_choice(d.default) for k, d in spec.space.items()
+                                                if d.default is not None},
+                                      prior_share=spec.search.prior.share, prior_width=spec.search.prior.width)
         else:
             source = from_table(args.table, args.schedule, args.annealed)
             settings = ReplaySettings(num_samples=None, budget_epochs=27 * source.max_t)

@@ -24,6 +24,7 @@ from pathlib import Path
 import optuna
 
 from hpo.config import display_value
+from hpo.ledger import ledger
 from hpo.rung_check import LOW, verdict
 from hpo.search_handle import SearchHandle
 from hpo.sensitivity import (EVALUATORS, display_distributions, finished_study, importance_table,
@@ -291,6 +292,20 @@ def render_html(search: SearchHandle, table: dict, figures: dict[str, Path], mis
         for a, b, rho, n in corr:
             parts.append(f"<p class='note'>{html.escape(verdict(a, b, rho, n, search.max_t, unit))}</p>")
 
+    book = ledger(search.trials, rung_milestones(s) + [search.max_t])
+    if book.trials:
+        parts.append(f"<h2>Cost</h2><p>{book.unit}-time the trials held (hpo/ledger.py: wall time x devices "
+                     f"held). {html.escape(book.lines()[0])}.</p>")
+        rows = [[label, f"{sec:.0f}", f"{100 * sec / book.total:.0f}%" if book.total else "–"]
+                for label, sec in book.segments]
+        rows += [[f"on {st.replace('_', '-')} trials", f"{book.by_status.get(st, 0.0):.0f}",
+                  f"{100 * book.share(st):.0f}%"] for st in ("completed", "early_stopped", "failed")]
+        rows.append(["total", f"{book.total:.0f}", "100%"])
+        parts.append(_table(["spent", f"{book.unit}-seconds", "share"], rows))
+        if book.full_trainings:
+            parts.append(f"<p>One full-budget trial cost {book.full_training:.0f} {book.unit}-seconds on average; "
+                         f"the search cost {book.full_trainings:.1f}x that.</p>")
+
     for key, title in (("slice", "Slice plots"), ("parallel_coordinate", "Parallel coordinates"),
                        ("learning_curves", "Learning curves")):
         parts.append(f"<h2>{title}</h2>")
@@ -303,8 +318,9 @@ def render_html(search: SearchHandle, table: dict, figures: dict[str, Path], mis
                  "ran (early-stopped scores are at a shorter budget).</p>")
     keys = list(s.space)
     rows = [[r["rank"], r["trial"], *[r[k] for k in keys], r["best"], r["last"], r["epochs"],
-             r["status"].replace("_", "-")] for r in search.leaderboard()]
-    parts.append(_table(["rank", "trial", *keys, f"best {search.metric}", "last", "epochs", "status"], rows))
+             None if r["cost"] is None else round(r["cost"]), r["status"].replace("_", "-")] for r in search.leaderboard()]
+    parts.append(_table(["rank", "trial", *keys, f"best {search.metric}", "last", "epochs",
+                         f"{book.unit}-seconds", "status"], rows))
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -58,6 +58,8 @@ class TrialRecord:
     curve: dict[int, float]             # validation index (training_iteration) -> metric
     status: str                         # completed | early_stopped | failed | unfinished
     run_id: str | None = None           # its MLflow run, where the tracking store has it
+    cost: dict[int, float] = field(default_factory=dict)   # validation -> device-seconds (hpo/ledger.py)
+    device_kind: str | None = None      # what the cost counts: "gpu" or "cpu" seconds
 
     @property
     def last_step(self) -> int:
@@ -116,8 +118,11 @@ class SearchHandle:
         if not trials and runs:
             return records_from_mlflow(self.client, runs, self.spec), f"MLflow nested runs ({self.tracking_uri})"
         by_trial = {r.data.tags.get("ray_trial_id"): r.info.run_id for r in runs}
+        results = ray_results(self.exp_dir) if self.exp_dir is not None and source != "Ray results" else {}
         for t in trials:
             t.run_id = by_trial.get(t.trial_id)
+            if t.trial_id in results:
+                t.cost, t.device_kind = _cost(results[t.trial_id])
         longest = max((t.last_step for t in trials), default=0)
         if longest > self.max_t:
             self.notes.append(f"the space file does not match the recorded trials: a trial ran {longest} validations "
@@ -144,7 +149,8 @@ class SearchHandle:
         for t in self.trials:
             best = t.best_value(self.mode) if t.status != "failed" else None
             rows.append({"trial": t.trial_id, "status": t.status, "epochs": t.last_step, "best": best,
-                         "last": t.last_value, **{k: display_value(t.params.get(k)) for k in self.spec.space}})
+                         "last": t.last_value, "cost": sum(t.cost.values()) if t.cost else None,
+                         **{k: display_value(t.params.get(k)) for k in self.spec.space}})
         rows.sort(key=lambda r: (r["status"] != "completed", r["best"] is None, -sign * (r["best"] or 0.0)))
         for i, r in enumerate(rows, 1):
             r["rank"] = i
@@ -332,19 +338,47 @@ def records_from_journal(journal: Path, study_name: str, spec: SpaceFile) -> lis
     return out
 
 
+def _rows(result_json: Path) -> list[dict]:
+    """The result rows of one trial's result.json, in order (a restarted trial's re-runs included)."""
+    rows = []
+    if result_json.is_file():
+        for line in result_json.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue       # a line cut short by an interrupted write
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def ray_results(exp_dir: Path) -> dict[str, list[dict]]:
+    """Trial id -> every result row Ray wrote for it."""
+    out: dict[str, list[dict]] = {}
+    for path in sorted(Path(exp_dir).glob("*/result.json")):
+        for row in _rows(path):
+            if "trial_id" in row:
+                out.setdefault(row["trial_id"], []).append(row)
+    return out
+
+
+def _cost(rows: list[dict]) -> tuple[dict[int, float], str | None]:
+    """Device-seconds per validation (summed over re-runs of a step) and their kind."""
+    cost: dict[int, float] = {}
+    for r in rows:
+        if "device_seconds" in r and "training_iteration" in r:
+            step = int(r["training_iteration"])
+            cost[step] = cost.get(step, 0.0) + float(r["device_seconds"])
+    kinds = {r["device_kind"] for r in rows if "device_kind" in r}
+    return cost, (kinds.pop() if len(kinds) == 1 else None)
+
+
 def records_from_ray(exp_dir: Path, spec: SpaceFile) -> list[TrialRecord]:
     max_t, metric = int(spec.scheduler.max_t), spec.scheduler.metric
     found = []
     for d in sorted(p for p in exp_dir.iterdir() if (p / "params.json").is_file()):
         params = json.loads((d / "params.json").read_text())
-        rows = []
-        if (d / "result.json").is_file():
-            for line in (d / "result.json").read_text().splitlines():
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError:
-                        pass     # a line cut short by an interrupted write
+        rows = _rows(d / "result.json")
         curve = {int(r["training_iteration"]): float(r[metric]) for r in rows
                  if metric in r and "training_iteration" in r}
         last = rows[-1] if rows else None
@@ -354,9 +388,11 @@ def records_from_ray(exp_dir: Path, spec: SpaceFile) -> list[TrialRecord]:
         m = re.match(r".*?_([0-9a-f]{5,})_(\d+)_", d.name)
         trial_id = (last or {}).get("trial_id") or (m.group(1) if m else d.name)
         order = int(m.group(2)) if m else len(found) + 1
-        found.append((order, trial_id, params, curve, status))
+        found.append((order, TrialRecord(0, trial_id, params, curve, status, None, *_cost(rows))))
     found.sort(key=lambda x: x[0])
-    return [TrialRecord(i, tid, params, curve, status) for i, (_, tid, params, curve, status) in enumerate(found)]
+    for i, (_, record) in enumerate(found):
+        record.number = i
+    return [record for _, record in found]
 
 
 def records_from_mlflow(client, runs: list, spec: SpaceFile) -> list[TrialRecord]:
@@ -367,9 +403,11 @@ def records_from_mlflow(client, runs: list, spec: SpaceFile) -> list[TrialRecord
         params = {k: _parse_param(run.data.params.get(k), d) for k, d in dists.items()}
         params = {k: v for k, v in params.items() if v is not None}
         curve = {int(m.step): float(m.value) for m in client.get_metric_history(run.info.run_id, metric)}
+        cost = {int(m.step): float(m.value) for m in client.get_metric_history(run.info.run_id, "device_seconds")}
         status = run.data.tags.get("status", "unfinished")
         out.append(TrialRecord(i, run.data.tags.get("ray_trial_id", f"#{i}"), params, curve,
-                               "unfinished" if status == "running" else status, run.info.run_id))
+                               "unfinished" if status == "running" else status, run.info.run_id, cost,
+                               run.data.tags.get("device_kind")))
     return out
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpo.config import apply_overrides, dump_yaml, get_key
+from hpo.ledger import ledger, log_to_run
 from hpo.mlflow_store import fail_fast_http, get_or_create_experiment, resolve_tracking_uri
 from hpo.search_handle import JOURNAL_FILE, STATE_FILE, SearchHandle, read_state, write_state
 from hpo.space import SpaceError, SpaceFile, encoded_points, make_sampler, optuna_distributions, rung_milestones
@@ -111,11 +112,16 @@ def build_tuner(search: OpenSearch):
     from hpo.tracking import MLflowTrialLogger
     from hpo.trainable import run_trial
 
+    from hpo.stopping import SearchStopper
+
     spec, sched = search.spec, search.spec.scheduler
+    stopper = SearchStopper(spec.stop, sched.metric, sched.mode, sched.max_t, spec.base["budget"]["val_every"],
+                            search.exp_dir)
     callbacks = [MLflowTrialLogger(search.tracking_uri, search.experiment_id, search.parent_run_id, search.base,
                                    sched.max_t, metric=sched.metric, rungs=rung_milestones(spec), mode=sched.mode),
                  progress_printer(sched.metric, sched.max_t)]
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=search.base), search.resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, base=search.base, **charged(search.resources)),
+                                    search.resources)
     if search.resume:
         return tune.Tuner.restore(str(search.exp_dir), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
@@ -123,7 +129,7 @@ def build_tuner(search: OpenSearch):
         optuna_distributions(spec), sched.metric, sched.mode, sampler=make_sampler(spec), max_t=sched.max_t,
         points_to_evaluate=encoded_points(spec), study_name=search.name,
         storage=JournalStorage(JournalFileBackend(str(search.exp_dir / JOURNAL_FILE))),
-        feedback=spec.search.feedback, diverged_feedback=spec.search.diverged_feedback)
+        feedback=spec.search.feedback, diverged_feedback=spec.search.diverged_feedback, stop_rule=stopper)
     scheduler = (ASHAScheduler(time_attr=sched.time_attr, max_t=sched.max_t, grace_period=sched.grace_period,
                                reduction_factor=sched.reduction_factor)
                  if sched.name == "asha" else FIFOScheduler())
@@ -133,7 +139,7 @@ def build_tuner(search: OpenSearch):
                                     num_samples=spec.search.num_samples,
                                     max_concurrent_trials=spec.search.max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(name=search.name, storage_path=str(search.exp_dir.parent), verbose=0,
-                                  callbacks=callbacks,
+                                  callbacks=callbacks, stop=stopper,
                                   failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
 
@@ -143,10 +149,13 @@ def finish_search(search: OpenSearch, wall: float, *, report: bool = True, resum
     from mlflow.tracking import MlflowClient
     from ray import tune
 
+    from hpo.stopping import stop_reason
+
     spec, client = search.spec, MlflowClient(tracking_uri=search.tracking_uri)
     ray_trials = tune.ExperimentAnalysis(str(search.exp_dir)).trials
     unfinished = [t for t in ray_trials if t.status not in ("TERMINATED", "ERROR")]
-    if unfinished or len(ray_trials) < spec.search.num_samples:
+    stopped = stop_reason(search.exp_dir)
+    if unfinished or (len(ray_trials) < spec.search.num_samples and not stopped):
         done = len(ray_trials) - len(unfinished)
         client.set_terminated(search.parent_run_id, "KILLED")
         print(f"\ninterrupted after {wall:.0f} s: {done} of {spec.search.num_samples} trials finished; continue with\n"
@@ -156,10 +165,17 @@ def finish_search(search: OpenSearch, wall: float, *, report: bool = True, resum
     handle = search.handle()
     rows = handle.leaderboard()
     keys, metric = list(spec.space), spec.scheduler.metric
-    print(f"\nleaderboard ({len(rows)} trials, {wall:.0f} s):\n{format_leaderboard(rows, keys, metric)}")
+    book = ledger(handle.trials, rung_milestones(spec) + [spec.scheduler.max_t])
+    print(f"\nleaderboard ({len(rows)} trials, {wall:.0f} s):\n{format_leaderboard(rows, keys, metric, book.device_kind)}")
+    print("\n".join(book.lines()))
+    if stopped:
+        print(f"search stopped after {len(ray_trials)} of {spec.search.num_samples} trials: {stopped}")
     best = next((r for r in rows if r["status"] == "completed" and r["best"] is not None), None)
     try:
-        client.log_text(search.parent_run_id, leaderboard_csv(rows, keys, metric), "leaderboard.csv")
+        log_to_run(client, search.parent_run_id, book)
+        if stopped:
+            client.set_tag(search.parent_run_id, "stop_reason", stopped)
+        client.log_text(search.parent_run_id, leaderboard_csv(rows, keys, metric, book.device_kind), "leaderboard.csv")
         if best:
             record = next(t for t in handle.trials if t.trial_id == best["trial"])
             client.log_text(search.parent_run_id, dump_yaml(apply_overrides(search.base, record.params)),
@@ -183,20 +199,23 @@ def _cell(v) -> str:
     return f"{v:.5g}" if isinstance(v, float) else str(v)
 
 
-def format_leaderboard(rows: list[dict], keys: list[str], metric: str) -> str:
-    cols = ["rank", "trial", *keys, metric, "epochs", "status"]
-    cells = [cols] + [[f"{r['best']:.2f}" if c == metric and r["best"] is not None else
-                       _cell(r["best"] if c == metric else r.get(c)) for c in cols] for r in rows]
+def format_leaderboard(rows: list[dict], keys: list[str], metric: str, device_kind: str = "device") -> str:
+    cost = f"{device_kind}_s"
+    cols = ["rank", "trial", *keys, metric, "epochs", cost, "status"]
+    shown = [{**r, metric: f"{r['best']:.2f}" if r["best"] is not None else None,
+              cost: f"{r['cost']:.0f}" if r.get("cost") is not None else None} for r in rows]
+    cells = [cols] + [[_cell(r.get(c)) for c in cols] for r in shown]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def leaderboard_csv(rows: list[dict], keys: list[str], metric: str) -> str:
+def leaderboard_csv(rows: list[dict], keys: list[str], metric: str, device_kind: str = "device") -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["rank", "trial", *keys, metric, "epochs", "status"])
+    writer.writerow(["rank", "trial", *keys, metric, "epochs", f"{device_kind}_seconds", "status"])
     for r in rows:
-        writer.writerow([r["rank"], r["trial"], *[r[k] for k in keys], r["best"], r["epochs"], r["status"]])
+        writer.writerow([r["rank"], r["trial"], *[r[k] for k in keys], r["best"], r["epochs"], r.get("cost"),
+                         r["status"]])
     return buf.getvalue()
 
 
@@ -211,6 +230,13 @@ def connect_ray(address: str | None) -> None:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
         except ConnectionError as err:
             raise SpaceError(_join_error(address, err)) from None
+
+
+def charged(resources: dict) -> dict:
+    """What a trial's cost counts (hpo/ledger.py): its GPUs when it has any, else its CPU cores."""
+    if resources.get("gpu"):
+        return {"devices": float(resources["gpu"]), "device_kind": "gpu"}
+    return {"devices": float(resources["cpu"]), "device_kind": "cpu"}
 
 
 def fit_resources(section, base: dict, what: str = "trials") -> tuple[dict, dict]:

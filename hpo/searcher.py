@@ -17,6 +17,7 @@ interface written over Optuna's public `ask` / `tell` / `Trial.report`:
   the worst score any trial reported so far) or "fail". It gets the user attr `diverged`.
 - every finished trial carries the user attrs `ray_trial_id` and `status` (completed /
   early_stopped / failed), so a reader of the journal needs no rules of its own.
+- `stop_rule` (hpo/stopping.py): once it has triggered, `suggest` answers FINISHED.
 Note on TPE (Optuna 5, `_split_trials`): COMPLETE trials fill the "good" group first and PRUNED
 trials only while fewer than gamma(n) trials completed, ranked by furthest step, then value.
 
@@ -55,8 +56,9 @@ class HonestOptunaSearch(Searcher):
     def __init__(self, space: dict[str, optuna.distributions.BaseDistribution], metric: str, mode: str, *,
                  sampler: optuna.samplers.BaseSampler, max_t: int, points_to_evaluate: list[dict] | None = None,
                  study_name: str | None = None, storage: optuna.storages.BaseStorage | None = None,
-                 feedback: str = "pruned", diverged_feedback: str = "pruned"):
+                 feedback: str = "pruned", diverged_feedback: str = "pruned", stop_rule=None):
         super().__init__(metric=metric, mode=mode)
+        self.stop_rule = stop_rule          # hpo/stopping.py: once it has triggered, no new trials
         self.space = space
         self.max_t = max_t
         self.feedback = feedback
@@ -72,6 +74,8 @@ class HonestOptunaSearch(Searcher):
 
     # --- Ray's Searcher interface ---------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | None:
+        if trial_id not in self.trials and self.stop_rule is not None and self.stop_rule.triggered():
+            return Searcher.FINISHED
         if trial_id not in self.trials:
             trial = self.study.ask(fixed_distributions=self.space)
             trial.set_user_attr("ray_trial_id", trial_id)
@@ -109,8 +113,8 @@ class HonestOptunaSearch(Searcher):
             logger.warning("optuna tell failed for %s: %s", trial_id, exc)
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        with open(checkpoint_path, "wb") as f:     # the stop rule is Tune's (RunConfig.stop), not ours to save
+            pickle.dump({k: v for k, v in self.__dict__.items() if k != "stop_rule"}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:

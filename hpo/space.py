@@ -9,6 +9,7 @@ One YAML file describes a search (README, "The space file"):
     scheduler:  {name: asha|none, metric, mode, time_attr, max_t, grace_period, reduction_factor}
     resources:  {cpu, gpu}
     failure:    {max_retries}
+    stop:       {target, budget: {device_hours, epochs}, plateau: {trials, margin}, seed_spread}
     promote:    overrides applied to winners at full budget (hpo.promote)
 
 Everything is checked before Ray starts; each problem is one `SpaceError` line naming the key.
@@ -45,6 +46,7 @@ class IntDist(_Strict):
     high: int
     step: int = Field(1, ge=1)
     log: bool = False
+    default: int | None = None          # the paper's value: evaluated first, a prior (hpo/priors.py)
 
     @model_validator(mode="after")
     def _check(self):
@@ -61,6 +63,7 @@ class FloatDist(_Strict):
     high: float
     log: bool = False
     step: float | None = Field(None, gt=0)
+    default: float | None = None
 
     @model_validator(mode="after")
     def _check(self):
@@ -76,6 +79,7 @@ class FloatDist(_Strict):
 class CategoricalDist(_Strict):
     type: Literal["categorical"]
     choices: list[Any] = Field(min_length=1)
+    default: Any = None
 
 
 Distribution = Annotated[Union[IntDist, FloatDist, CategoricalDist], Field(discriminator="type")]
@@ -85,6 +89,12 @@ class ExperimentSection(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     tracking_uri: str | None = None
     storage_path: str = "./ray_results"
+
+
+class PriorSection(_Strict):
+    """Sampling around the knobs' `default:` values (hpo/priors.py)."""
+    share: float = Field(0.2, ge=0, lt=1)     # share of trials drawn around the defaults; 0 = off
+    width: float = Field(0.15, gt=0, le=1)    # spread around a default, as a share of the knob's range
 
 
 class SearchSection(_Strict):
@@ -99,6 +109,7 @@ class SearchSection(_Strict):
     # How a diverged trial (NaN loss) is told to Optuna: "pruned" (its last finite scores), "worst"
     # (COMPLETE with the worst score seen so far), "fail" (ignored by TPE). hpo/searcher.py.
     diverged_feedback: Literal["pruned", "worst", "fail"] = "pruned"
+    prior: PriorSection = PriorSection()
 
 
 class SchedulerSection(_Strict):
@@ -126,6 +137,30 @@ class FailureSection(_Strict):
     max_retries: int = Field(1, ge=0)
 
 
+class BudgetRule(_Strict):
+    device_hours: float | None = Field(None, gt=0)    # GPU-hours (CPU-hours on CPU), hpo/ledger.py
+    epochs: int | None = Field(None, ge=1)            # epochs trained by all trials together
+
+    @model_validator(mode="after")
+    def _one(self):
+        if self.device_hours is None and self.epochs is None:
+            raise ValueError("expected device_hours or epochs (or both)")
+        return self
+
+
+class PlateauRule(_Strict):
+    trials: int = Field(ge=1)                         # full-budget trials without an improvement
+    margin: float | None = Field(None, ge=0)          # null: stop.seed_spread, else 0
+
+
+class StopSection(_Strict):
+    """When the whole search stops (hpo/stopping.py); every rule is optional."""
+    target: float | None = None
+    budget: BudgetRule | None = None
+    plateau: PlateauRule | None = None
+    seed_spread: float | None = Field(None, ge=0)
+
+
 class SpaceFile(_Strict):
     experiment: ExperimentSection
     base: dict[str, Any] | str
@@ -134,6 +169,7 @@ class SpaceFile(_Strict):
     scheduler: SchedulerSection = SchedulerSection()
     resources: ResourcesSection = ResourcesSection()
     failure: FailureSection = FailureSection()
+    stop: StopSection = StopSection()
     promote: dict[str, Any] = {}
 
 
@@ -234,6 +270,9 @@ def validate(spec: SpaceFile) -> None:
         base["optim"]["rungs"] = [r * base["budget"]["val_every"] for r in rung_milestones(spec)]
     if spec.search.max_concurrent > spec.search.num_samples:
         spec.search.max_concurrent = spec.search.num_samples
+    for key, dist in spec.space.items():
+        if dist.default is not None:
+            _check_in(dist, dist.default, f"space.{key}.default")
     for i, point in enumerate(spec.search.points_to_evaluate):
         for key, value in point.items():
             if key not in spec.space:
@@ -258,6 +297,8 @@ def _check_in(dist: Distribution, value: Any, where: str) -> None:
             raise SpaceError(f"{where}: expected one of {dist.choices}, got {value!r}")
     elif not isinstance(value, (int, float)) or isinstance(value, bool) or not dist.low <= value <= dist.high:
         raise SpaceError(f"{where}: expected a number in [{dist.low}, {dist.high}], got {value!r}")
+    elif isinstance(dist, IntDist) and not float(value).is_integer():
+        raise SpaceError(f"{where}: expected an int in [{dist.low}, {dist.high}], got {value!r}")
 
 
 def corners(spec: SpaceFile, limit: int = 64) -> list[dict[str, Any]]:
@@ -320,7 +361,16 @@ def optuna_distributions(spec: SpaceFile) -> dict[str, optuna.distributions.Base
 
 
 def make_sampler(spec: SpaceFile) -> optuna.samplers.BaseSampler:
+    """The configured Optuna sampler (seeded), mixed with prior draws when knobs have defaults."""
+    from hpo.priors import with_priors
+
     s = spec.search
+    defaults = {k: encode_choice(d.default) for k, d in spec.space.items() if d.default is not None}
+    return with_priors(base_sampler(s), optuna_distributions(spec) if defaults else {}, defaults,
+                       s.prior.share, s.prior.width, s.seed)
+
+
+def base_sampler(s: SearchSection) -> optuna.samplers.BaseSampler:
     if s.sampler == "tpe":
         # Optuna 5's TPE is multivariate with a constant liar by default; group=True keeps
         # conditional spaces (a knob present only for some choices) well defined.
@@ -336,4 +386,7 @@ def make_sampler(spec: SpaceFile) -> optuna.samplers.BaseSampler:
 
 
 def encoded_points(spec: SpaceFile) -> list[dict[str, Any]]:
-    return [{k: encode_choice(v) for k, v in p.items()} for p in copy.deepcopy(spec.search.points_to_evaluate)]
+    """What the search evaluates first: the knobs' defaults (one point), then points_to_evaluate."""
+    defaults = {k: d.default for k, d in spec.space.items() if d.default is not None}
+    points = ([defaults] if defaults else []) + [p for p in spec.search.points_to_evaluate if p != defaults]
+    return [{k: encode_choice(v) for k, v in p.items()} for p in copy.deepcopy(points)]

@@ -60,7 +60,8 @@ from hpo.trainable import split_params
 logger = logging.getLogger(__name__)
 
 PER_EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds",
-                     "val_miou_raw", "val_pixel_acc_raw", "anneal_seconds")   # *_raw: annealed evaluation
+                     "val_miou_raw", "val_pixel_acc_raw", "anneal_seconds",    # *_raw: annealed evaluation
+                     "device_seconds")                                          # the cost ledger (hpo/ledger.py)
 RETRY_EVERY_S = 2.0       # while the store is unreachable, events retry the queue at most this often
 
 
@@ -243,8 +244,11 @@ class MLflowTrialLogger(Callback):
         ts = int(time.time() * 1000)
         step = int(result.get("training_iteration", 0))
         final = [Metric(k.replace("iou/", "iou_"), float(v), ts, step) for k, v in result.items()
-                 if k.startswith(("iou/", "final_")) and isinstance(v, (int, float)) and v == v]
+                 if (k.startswith(("iou/", "final_")) or k == "device_seconds_total")
+                 and isinstance(v, (int, float)) and v == v]
         tags = [RunTag("status", status), RunTag("epochs_run", str(result.get("training_iteration", 0)))]
+        if "device_kind" in result:
+            tags.append(RunTag("device_kind", str(result["device_kind"])))
         if status == "failed":
             reason = result.get("error") or _error_text(trial)
             tags.append(RunTag("error", reason[:5000]))

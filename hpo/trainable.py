@@ -18,12 +18,18 @@ code path as the trial it re-trains.
   search turns off Tune's check that every result carries the metric; hpo/search_runner.py).
 - Every result also names where it ran — `node_id` (Ray node) and `pid` (the worker process) —
   so the driver can tag the MLflow run with it and a fault test can find the process to kill.
+- And what it cost (hpo/ledger.py): `device_seconds`, the wall time since the previous result
+  times the devices the trial holds (`devices`, `device_kind`: GPUs when it has any, else CPU
+  cores), and `device_seconds_total` so far (kept in the checkpoint, so a restarted trial goes on
+  counting; the partial epoch a crash loses is not counted).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -35,6 +41,7 @@ from hpo.outputs import OVERLAYS, final_evaluation, write_final_outputs, write_o
 from hpo.searcher import DIVERGED
 
 CHECKPOINT_FILE = "state.pt"
+LEDGER_FILE = "ledger.json"
 LABEL_PREFIX = "ctxtune."
 
 
@@ -45,13 +52,31 @@ def split_params(params: dict) -> tuple[dict, dict]:
     return overrides, labels
 
 
-def run_trial(params: dict, base: dict, final_outputs: bool = False) -> None:
+class Meter:
+    """Device-seconds: wall time between results times the devices the trial holds."""
+
+    def __init__(self, devices: float, kind: str, spent: float = 0.0):
+        self.devices, self.kind, self.spent = devices, kind, spent
+        self.last = time.perf_counter()
+
+    def charge(self) -> dict:
+        now = time.perf_counter()
+        cost, self.last = (now - self.last) * self.devices, now
+        self.spent += cost
+        return {"device_seconds": cost, "device_seconds_total": self.spent, "device_kind": self.kind}
+
+
+def run_trial(params: dict, base: dict, final_outputs: bool = False, devices: float = 1.0,
+              device_kind: str = "cpu") -> None:
+    meter = Meter(devices, device_kind)
     cfg = apply_overrides(base, split_params(params)[0])
     trainer = Trainer(cfg, log=lambda *_: None)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             trainer.load(Path(ckpt_dir) / CHECKPOINT_FILE)
+            if (Path(ckpt_dir) / LEDGER_FILE).is_file():
+                meter.spent = json.loads((Path(ckpt_dir) / LEDGER_FILE).read_text())["device_seconds_total"]
     where = {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
     epochs = trainer.cfg["budget"]["epochs"]
 
@@ -66,9 +91,11 @@ def run_trial(params: dict, base: dict, final_outputs: bool = False) -> None:
             else:
                 write_overlays(val.samples, trainer.data.palette, Path(tmp) / OVERLAYS)
             report.update({f"iou/{name}": v for name, v in val.per_class_iou.items()})
+            report.update(meter.charge())
+            (Path(tmp) / LEDGER_FILE).write_text(json.dumps({"device_seconds_total": meter.spent}))
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     try:
         trainer.fit(on_validation)
     except DivergenceError as err:
-        tune.report({"status": DIVERGED, "error": str(err), **where})
+        tune.report({"status": DIVERGED, "error": str(err), **where, **meter.charge()})

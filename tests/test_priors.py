@@ -1,0 +1,66 @@
+"""Priors from the paper's defaults: a share of trials drawn around them, the rest from the sampler."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import optuna
+
+from hpo.priors import PriorMixSampler, draw_near
+
+SPACE = {"n3": optuna.distributions.IntDistribution(2, 64),
+         "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+         "grid": optuna.distributions.CategoricalDistribution(["paper3", "dense9", "dense18"])}
+DEFAULTS = {"n3": 11, "lr": 0.02, "grid": "dense18"}
+
+
+def unit_lr(v: float) -> float:
+    return (math.log(v) - math.log(1e-4)) / (math.log(1e-1) - math.log(1e-4))
+
+
+def ask_many(share: float, n: int = 300, seed: int = 0) -> tuple[list[dict], PriorMixSampler]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = PriorMixSampler(optuna.samplers.RandomSampler(seed=seed), DEFAULTS, share=share, width=0.1, seed=seed)
+    study = optuna.create_study(sampler=sampler)
+    params = []
+    for _ in range(n):
+        t = study.ask(SPACE)
+        params.append(dict(t.params, number=t.number))
+        study.tell(t, 0.0)
+    return params, sampler
+
+
+def test_a_share_of_trials_is_drawn_around_the_defaults():
+    params, sampler = ask_many(share=0.3)
+    prior = [p for p in params if sampler.is_prior_trial(p["number"])]
+    other = [p for p in params if not sampler.is_prior_trial(p["number"])]
+    assert 0.22 < len(prior) / len(params) < 0.38
+    # prior trials sit near the defaults (width 0.1 of the range, log scale for lr); the others do not
+    near = lambda ps: np.median([abs(unit_lr(p["lr"]) - unit_lr(0.02)) for p in ps])  # noqa: E731
+    assert near(prior) < 0.1 < near(other)
+    assert np.median([abs(p["n3"] - 11) for p in prior]) <= 6 < np.median([abs(p["n3"] - 11) for p in other])
+    assert sum(p["grid"] == "dense18" for p in prior) / len(prior) > 0.8
+    assert all(SPACE["n3"].low <= p["n3"] <= SPACE["n3"].high and 1e-4 <= p["lr"] <= 0.1 for p in params)
+
+
+def test_prior_draws_are_reproducible_and_off_at_share_zero():
+    a, _ = ask_many(share=0.3, n=40, seed=5)
+    b, _ = ask_many(share=0.3, n=40, seed=5)
+    assert a == b
+    off, sampler = ask_many(share=0.0, n=40, seed=5)
+    plain = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=5))
+    for p in off:
+        t = plain.ask(SPACE)
+        assert dict(t.params, number=t.number) == p       # the wrapped sampler's own draws, untouched
+        plain.tell(t, 0.0)
+    assert not any(sampler.is_prior_trial(p["number"]) for p in off)
+
+
+def test_draw_near_respects_steps_and_bounds():
+    rng = np.random.default_rng(0)
+    stepped = optuna.distributions.FloatDistribution(0.1, 1.5, step=0.1)
+    for _ in range(200):
+        v = draw_near(stepped, 1.5, 0.3, rng)          # the default at the edge: draws stay inside
+        assert 0.1 <= v <= 1.5 and abs(round(v / 0.1) * 0.1 - v) < 1e-9
+    assert draw_near(SPACE["n3"], None, 0.1, rng) in range(2, 65)   # no default: uniform
