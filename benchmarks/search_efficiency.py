@@ -48,6 +48,11 @@ HEADING = "## Search efficiency on the replay (tabulated curves, paired seeds)"
 PLOT = REPO / "benchmarks" / "img" / "regret_curves.png"
 RANDOM = "random, full budget"
 
+# The paper's point (msglore: N3/N4/N5 = 11/21/32, alpha = 0.7; the demo's lr) as knob defaults
+# (hpo/priors.py): evaluated first, and with a prior share, a share of trials drawn around it.
+PAPER = {"model.selection.n3": 11, "model.selection.n4": 21, "model.selection.n5": 32,
+         "loss.aux_weights.selection": 0.7, "optim.lr": 0.02}
+
 # label -> (table schedule, rungs see annealed forks, ReplaySettings overrides)
 METHODS = {
     RANDOM: ("poly", False, dict(sampler="random", scheduler="none")),
@@ -66,6 +71,17 @@ METHODS = {
     "ASHA grace 3 + TPE, poly + annealed rungs": ("poly", True, dict(sampler="tpe", grace_period=3)),
     "ASHA grace 3 + TPE, wsd + annealed rungs": ("wsd", True, dict(sampler="tpe", grace_period=3)),
     "ASHA grace 3 + TPE, rung_poly": ("rung_poly", False, dict(sampler="tpe", grace_period=3)),
+    "random + paper prior 0.2, full budget": ("poly", False, dict(sampler="random", scheduler="none",
+                                                                   defaults=PAPER, prior_share=0.2)),
+    "ASHA grace 3 + TPE, paper point first": ("poly", False, dict(sampler="tpe", grace_period=3, defaults=PAPER,
+                                                                   prior_share=0.0)),
+    "ASHA grace 3 + TPE, paper prior 0.2": ("poly", False, dict(sampler="tpe", grace_period=3, defaults=PAPER,
+                                                                 prior_share=0.2)),
+    "ASHA grace 3 + TPE, paper prior 0.5": ("poly", False, dict(sampler="tpe", grace_period=3, defaults=PAPER,
+                                                                 prior_share=0.5)),
+    "ASHA + TPE, paper prior 0.2": ("poly", False, dict(sampler="tpe", defaults=PAPER, prior_share=0.2)),
+    "ASHA grace 3 + TPE, paper prior 0.5 fading (decay 10)": ("poly", False, dict(
+        sampler="tpe", grace_period=3, defaults=PAPER, prior_share=0.5, prior_decay=10)),
 }
 BASE = dict(grace_period=1, reduction_factor=3, max_concurrent=4)
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .errors import DatasetError
 
@@ -37,6 +37,32 @@ class SeededSampler(Sampler):
         order = torch.randperm(self.length, generator=g) if self.shuffle else torch.arange(self.length)
         seeds = torch.randint(0, 2 ** 62, (self.length,), generator=g)
         yield from zip(order.tolist(), seeds.tolist())
+
+
+class ShardedSeededSampler(SeededSampler):
+    """Rank `rank` of `world` data-parallel workers: the r-th `global_batch // world` slice of every
+    global batch of `SeededSampler`'s stream (same permutation and seeds from the same generator), so
+    the ranks' step-k batches together are the single-process step-k batch. The incomplete last
+    global batch is dropped, as `drop_last` does."""
+
+    def __init__(self, length: int, generator: torch.Generator | None, shuffle: bool, rank: int, world: int,
+                 global_batch: int):
+        super().__init__(length, generator, shuffle)
+        if global_batch % world:
+            raise DatasetError(f"data.batch_size: {global_batch} is not divisible by the {world} data-parallel "
+                               f"workers (resources.workers)")
+        self.rank, self.world, self.global_batch = rank, world, global_batch
+        self.per_rank = global_batch // world
+        self.num_batches = length // global_batch
+
+    def __len__(self) -> int:
+        return self.num_batches * self.per_rank
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        pairs = list(super().__iter__())
+        for b in range(self.num_batches):
+            start = b * self.global_batch + self.rank * self.per_rank
+            yield from pairs[start:start + self.per_rank]
 
 
 def pad_collate(items: list[dict]) -> dict:
@@ -76,19 +102,29 @@ class DataBundle:
     ignore_index: int = 255
 
     def train_loader(self, batch_size: int | None = None, generator: torch.Generator | None = None,
-                     shuffle: bool = True, **overrides) -> DataLoader:
-        """Shuffled, drop_last loader; pass a seeded `generator` per epoch for reproducible epochs."""
+                     shuffle: bool = True, rank: int = 0, world: int = 1, **overrides) -> DataLoader:
+        """Shuffled, drop_last loader; pass a seeded `generator` per epoch for reproducible epochs.
+        With `world` > 1: rank `rank`'s share of every global batch of `batch_size` (data parallel)."""
         bs = batch_size or self.batch_size
         if bs > len(self.train):
             raise DatasetError(f"data.batch_size: {bs} exceeds the {len(self.train)} training images "
                                "(drop_last would leave no batch)")
         kwargs = {**self.loader_kwargs, "drop_last": True, **overrides}
-        sampler = SeededSampler(len(self.train), generator, shuffle)
+        if world > 1:
+            sampler = ShardedSeededSampler(len(self.train), generator, shuffle, rank, world, bs)
+            bs = sampler.per_rank
+        else:
+            sampler = SeededSampler(len(self.train), generator, shuffle)
         return DataLoader(self.train, batch_size=bs, sampler=sampler, collate_fn=pad_collate,
                           generator=generator, **kwargs)
 
-    def val_loader(self, batch_size: int | None = None, **overrides) -> DataLoader:
-        """In-order loader over the whole val split (no drop_last), batch `data.val_batch_size`."""
+    def val_loader(self, batch_size: int | None = None, rank: int = 0, world: int = 1, **overrides) -> DataLoader:
+        """In-order loader over the whole val split (no drop_last), batch `data.val_batch_size`; with
+        `world` > 1 rank `rank`'s contiguous shard of it (the confusion matrices are then summed)."""
         kwargs = {**self.loader_kwargs, "drop_last": False, **overrides}
-        return DataLoader(self.val, batch_size=batch_size or self.val_batch_size, shuffle=False,
+        val = self.val
+        if world > 1:
+            bounds = np.linspace(0, len(self.val), world + 1).astype(int)
+            val = Subset(self.val, list(range(bounds[rank], bounds[rank + 1])))
+        return DataLoader(val, batch_size=batch_size or self.val_batch_size, shuffle=False,
                           collate_fn=pad_collate, **kwargs)

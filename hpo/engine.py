@@ -134,6 +134,9 @@ def predict(forward: Callable, image: torch.Tensor, label_size: tuple[int, int],
 
 
 class Trainer:
+    # Data parallel (hpo/distributed.py sets these): this process's rank of `world` and its shards.
+    rank, world = 0, 1
+
     def __init__(self, cfg: dict, log: Callable[[str], None] = print):
         self.cfg = cfg = normalize(cfg)
         self.log = log
@@ -153,14 +156,15 @@ class Trainer:
         self.data = datasets.build(cfg)
         # Built once (see the module docstring): persistent workers, per-epoch re-seeded sampler.
         self._epoch_gen = torch.Generator()
-        self._train_dl = self.data.train_loader(generator=self._epoch_gen)
+        self._train_dl = self.data.train_loader(generator=self._epoch_gen, rank=self.rank, world=self.world)
         self._train_dl.generator = torch.Generator().manual_seed(cfg["seed"])   # worker base seeds only
-        self._val_dl = self.data.val_loader()
+        self._val_dl = self.data.val_loader(rank=self.rank, world=self.world)
         self._val_dl.generator = torch.Generator().manual_seed(cfg["seed"])
         self.model: nn.Module = build_model(cfg).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if run.compile else self.model
+        self.train_forward = self.forward        # the data-parallel wrapper in hpo/distributed.py
         o = cfg["optim"]
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o["lr"], momentum=o["momentum"],
                                          weight_decay=o["weight_decay"])
@@ -221,9 +225,9 @@ class Trainer:
     def _sgd_step(self, batch: dict) -> float:
         image, label = self._to_device(batch)
         with self._autocast():
-            outputs = self.forward(image)
+            outputs = self.train_forward(image)
             loss, _terms = seg_loss(outputs, label, self.cfg)
-        value = loss.item()
+        value = self.mean_over_ranks(loss.item())
         if not math.isfinite(value):
             raise DivergenceError(f"loss became {value} at step {self.step + 1} (epoch {self.epoch + 1})")
         self.optimizer.zero_grad(set_to_none=True)
@@ -271,6 +275,7 @@ class Trainer:
         ev = self.cfg["eval"]
         tta = ev["tta"] if tta is None else tta
         keep = ev["overlays"] if keep is None else keep
+        self.sync_buffers()
         self.model.eval()
         cm = ConfusionMatrix(self.data.num_classes, ignore_index=self.data.ignore_index, device=self.device)
         samples = []
@@ -281,11 +286,18 @@ class Trainer:
             cm.update(pred, label)
             for i in range(min(keep - len(samples), image.shape[0])):
                 samples.append((denormalize(batch["image"][i]), pred[i].cpu().numpy(), label[i].cpu().numpy()))
-        res = cm.compute()
+        res = cm.all_reduce().compute()      # the ranks' shards summed (no-op in one process)
         names = self.data.class_names
         per_class = {n: float(v) * 100 for n, v in zip(names, res["per_class_iou"])}
         metrics = {"val_miou": float(res["miou"]) * 100, "val_pixel_acc": float(res["pixel_acc"]) * 100}
         return ValidationResult(metrics, per_class, samples, cm.mat.cpu().numpy())
+
+    def mean_over_ranks(self, value: float) -> float:
+        """Data parallel only: the loss averaged over the ranks (all see the same NaN at once)."""
+        return value
+
+    def sync_buffers(self) -> None:
+        """Data parallel only (hpo/distributed.py): every rank validates with rank 0's BatchNorm stats."""
 
     def fit(self, on_validation: Callable[["Trainer", dict, ValidationResult], None] | None = None
             ) -> dict[str, float]:

@@ -29,11 +29,17 @@ from optuna.samplers import BaseSampler
 
 class PriorMixSampler(BaseSampler):
     def __init__(self, base: BaseSampler, defaults: dict[str, Any], share: float = 0.2, width: float = 0.15,
-                 seed: int = 0):
+                 seed: int = 0, decay: float | None = None):
         self.base, self.defaults, self.share, self.width, self.seed = base, dict(defaults), share, width, seed
+        self.decay = decay
+
+    def share_at(self, number: int) -> float:
+        """The prior's share for trial `number`: constant, or with `decay` d, share * d / (d + number)
+        (halved after d trials; as piBO's prior weight fades with the evidence)."""
+        return self.share if not self.decay else self.share * self.decay / (self.decay + number)
 
     def is_prior_trial(self, number: int) -> bool:
-        return bool(np.random.default_rng([self.seed, number, 1]).random() < self.share)
+        return bool(np.random.default_rng([self.seed, number, 1]).random() < self.share_at(number))
 
     # --- Optuna's sampler interface ---------------------------------------------------------------
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
@@ -92,10 +98,10 @@ def draw_near(dist: BaseDistribution, default: Any, width: float, rng: np.random
 
 
 def with_priors(sampler: BaseSampler, distributions: dict[str, BaseDistribution], defaults: dict[str, Any],
-                share: float, width: float, seed: int) -> BaseSampler:
+                share: float, width: float, seed: int, decay: float | None = None) -> BaseSampler:
     """`sampler` mixed with prior draws, or `sampler` itself when there is nothing to mix."""
     defaults = {k: v for k, v in defaults.items() if k in distributions and v is not None}
     if not defaults or share <= 0:
         return sampler
-    return PriorMixSampler(sampler, defaults, share, width, seed)
+    return PriorMixSampler(sampler, defaults, share, width, seed, decay)
 

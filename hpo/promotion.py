@@ -167,9 +167,8 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     """Train the winners; 0 when all trainings finished, 1 when some failed, 130 when interrupted."""
     from ray import tune
 
-    from hpo.search_runner import charged, connect_ray, fit_resources, progress_printer
+    from hpo.search_runner import connect_ray, fit_resources, progress_printer, trial_plan
     from hpo.tracking import MLflowTrialLogger
-    from hpo.trainable import run_trial
 
     spec, metric, max_t = handle.spec, handle.metric, handle.max_t
     if handle.parent_run_id is None or handle.client is None:
@@ -205,18 +204,20 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     epochs = max_reports(base)
     logger = MLflowTrialLogger(handle.tracking_uri, handle.experiment_id, handle.parent_run_id, base, epochs,
                                metric=metric, mode=handle.mode, layout=layout)
-    callbacks = [logger, progress_printer(metric, epochs, name=_trial_label)]
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=base, final_outputs=True,
-                                                         **charged(resources)), resources)
     path = out_root / TUNE_NAME
+    plan = trial_plan(resources, base, path, final_outputs=True)
+    callbacks = [logger, progress_printer(metric, epochs, name=_trial_label), *plan.callbacks]
     if resuming:
         _print_restored(path)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(str(path), trainable=plan.trainable, resume_unfinished=True, resume_errored=True)
     else:
         for j in jobs:
             print(f"{j.label}: starting ({base['budget']['epochs']} epochs, {resources['cpu']} CPU / "
-                  f"{resources['gpu']} GPU)", flush=True)
-        tuner = tune.Tuner(trainable, param_space=param_space(jobs),
+                  f"{resources['gpu']} GPU" + (f" x {resources['workers']} workers" if resources["workers"] > 1
+                                               else "") + ")", flush=True)
+        tuner = tune.Tuner(plan.trainable, param_space=param_space(jobs),
+                           tune_config=tune.TuneConfig(max_concurrent_trials=plan.max_concurrent,
+                                                       reuse_actors=plan.reuse_actors),
                            run_config=tune.RunConfig(
                                name=TUNE_NAME, storage_path=str(out_root), verbose=0, callbacks=callbacks,
                                failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),

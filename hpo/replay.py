@@ -203,6 +203,7 @@ class ReplaySettings:
     defaults: dict = field(default_factory=dict)   # knob -> default (hpo/priors.py): evaluated first, a prior
     prior_share: float = 0.2
     prior_width: float = 0.15
+    prior_decay: float | None = None
 
 
 @dataclass
@@ -268,7 +269,7 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
     search = SearchSection(sampler=s.sampler, seed=s.seed, num_samples=num_samples,
                            max_concurrent=min(s.max_concurrent, num_samples), feedback=s.feedback)
     sampler = with_priors(base_sampler(search), source.distributions, s.defaults, s.prior_share, s.prior_width,
-                          s.seed)
+                          s.seed, s.prior_decay)
     points = ([dict(s.defaults)] if s.defaults else []) + [p for p in s.points_to_evaluate if p != s.defaults]
     searcher = HonestOptunaSearch(source.distributions, source.metric, source.mode, sampler=sampler, max_t=max_t,
                                   points_to_evaluate=points, feedback=s.feedback,
@@ -443,7 +444,8 @@ def main(argv=None) -> int:
                                       points_to_evaluate=encoded_points(spec),
                                       defaults={k: encode_choice(d.default) for k, d in spec.space.items()
                                                 if d.default is not None},
-                                      prior_share=spec.search.prior.share, prior_width=spec.search.prior.width)
+                                      prior_share=spec.search.prior.share, prior_width=spec.search.prior.width,
+                                      prior_decay=spec.search.prior.decay)
         else:
             source = from_table(args.table, args.schedule, args.annealed)
             settings = ReplaySettings(num_samples=None, budget_epochs=27 * source.max_t)

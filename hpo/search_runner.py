@@ -110,21 +110,24 @@ def build_tuner(search: OpenSearch):
 
     from hpo.searcher import HonestOptunaSearch
     from hpo.tracking import MLflowTrialLogger
-    from hpo.trainable import run_trial
 
     from hpo.stopping import SearchStopper
 
     spec, sched = search.spec, search.spec.scheduler
     stopper = SearchStopper(spec.stop, sched.metric, sched.mode, sched.max_t, spec.base["budget"]["val_every"],
                             search.exp_dir)
+    plan = trial_plan(search.resources, search.base, search.exp_dir)
     callbacks = [MLflowTrialLogger(search.tracking_uri, search.experiment_id, search.parent_run_id, search.base,
                                    sched.max_t, metric=sched.metric, rungs=rung_milestones(spec), mode=sched.mode),
-                 progress_printer(sched.metric, sched.max_t)]
-    trainable = tune.with_resources(tune.with_parameters(run_trial, base=search.base, **charged(search.resources)),
-                                    search.resources)
+                 progress_printer(sched.metric, sched.max_t), *plan.callbacks]
     if search.resume:
-        return tune.Tuner.restore(str(search.exp_dir), trainable=trainable, resume_unfinished=True,
+        return tune.Tuner.restore(str(search.exp_dir), trainable=plan.trainable, resume_unfinished=True,
                                   resume_errored=True)
+    concurrent = spec.search.max_concurrent
+    if plan.max_concurrent is not None and plan.max_concurrent < concurrent:
+        print(f"{plan.max_concurrent} data-parallel trial(s) at a time: what the cluster holds "
+              f"(search.max_concurrent {concurrent})", flush=True)
+        concurrent = plan.max_concurrent
     searcher = HonestOptunaSearch(
         optuna_distributions(spec), sched.metric, sched.mode, sampler=make_sampler(spec), max_t=sched.max_t,
         points_to_evaluate=encoded_points(spec), study_name=search.name,
@@ -134,10 +137,10 @@ def build_tuner(search: OpenSearch):
                                reduction_factor=sched.reduction_factor)
                  if sched.name == "asha" else FIFOScheduler())
     return tune.Tuner(
-        trainable,
+        plan.trainable,
         tune_config=tune.TuneConfig(metric=sched.metric, mode=sched.mode, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=spec.search.num_samples,
-                                    max_concurrent_trials=spec.search.max_concurrent, reuse_actors=True),
+                                    num_samples=spec.search.num_samples, max_concurrent_trials=concurrent,
+                                    reuse_actors=plan.reuse_actors),
         run_config=tune.RunConfig(name=search.name, storage_path=str(search.exp_dir.parent), verbose=0,
                                   callbacks=callbacks, stop=stopper,
                                   failure_config=tune.FailureConfig(max_failures=spec.failure.max_retries),
@@ -233,24 +236,66 @@ def connect_ray(address: str | None) -> None:
 
 
 def charged(resources: dict) -> dict:
-    """What a trial's cost counts (hpo/ledger.py): its GPUs when it has any, else its CPU cores."""
+    """What a trial's cost counts (hpo/ledger.py): its GPUs when it has any, else its CPU cores, of
+    every data-parallel worker."""
+    workers = resources.get("workers", 1)
     if resources.get("gpu"):
-        return {"devices": float(resources["gpu"]), "device_kind": "gpu"}
-    return {"devices": float(resources["cpu"]), "device_kind": "cpu"}
+        return {"devices": float(resources["gpu"]) * workers, "device_kind": "gpu"}
+    return {"devices": float(resources["cpu"]) * workers, "device_kind": "cpu"}
 
 
 def fit_resources(section, base: dict, what: str = "trials") -> tuple[dict, dict]:
     """Per-trial resources from the space file's `resources`; with GPUs asked of a cluster that has
-    none, one warning and CPU trials (the base config's device becomes cpu)."""
+    none, one warning and CPU trials (the base config's device becomes cpu, SyncBN goes)."""
     import ray
 
-    resources = {"cpu": section.cpu, "gpu": section.gpu}
+    resources = {"cpu": section.cpu, "gpu": section.gpu, "workers": section.workers, "sync_bn": section.sync_bn}
     if resources["gpu"] and not ray.cluster_resources().get("GPU"):
         print(f"warning: resources.gpu={resources['gpu']} but the Ray cluster has no GPU; {what} run on CPU",
               file=sys.stderr, flush=True)
-        resources["gpu"] = 0
+        resources.update(gpu=0, sync_bn=False)
         base = dict(base, runtime=dict(base["runtime"], device="cpu"))
     return resources, base
+
+
+@dataclass
+class TrialPlan:
+    """How Tune runs one trial: the trainable with its resources, and what that implies."""
+    trainable: object
+    reuse_actors: bool
+    max_concurrent: int | None       # a cap from the cluster's size (data-parallel trials), else None
+    callbacks: list
+
+
+def trial_plan(resources: dict, base: dict, experiment_dir: Path, final_outputs: bool = False) -> TrialPlan:
+    """The search's (and promotion's) trainable: a single-process trial, or with `workers` > 1 a
+    Tune trial that drives a Ray Train DDP run on `workers` x (cpu, gpu) (hpo/trainable.py)."""
+    import ray
+    from ray import tune
+
+    from hpo.trainable import PlacementGroupReaper, run_ddp_trial, run_trial
+
+    cost = charged(resources)
+    workers = resources["workers"]
+    if workers == 1:
+        trainable = tune.with_parameters(run_trial, base=base, final_outputs=final_outputs, **cost)
+        return TrialPlan(tune.with_resources(trainable, {"cpu": resources["cpu"], "gpu": resources["gpu"]}),
+                         True, None, [])
+    per_worker = {"CPU": resources["cpu"], **({"GPU": resources["gpu"]} if resources["gpu"] else {})}
+    trainable = tune.with_parameters(run_ddp_trial, base=base, experiment_dir=str(experiment_dir), workers=workers,
+                                     worker_resources=per_worker, use_gpu=bool(resources["gpu"]),
+                                     sync_bn=resources["sync_bn"], final_outputs=final_outputs, **cost)
+    # The Tune trial only drives the Train run, whose workers hold the CPUs/GPUs in a placement group
+    # of their own: the trial asks for a token of memory (Tune needs a non-empty request), and the
+    # cluster's size caps how many run at once (more would leave Train runs waiting for workers).
+    kind = "GPU" if resources["gpu"] else "CPU"
+    need = workers * (resources["gpu"] or resources["cpu"])
+    have = ray.cluster_resources().get(kind, 0.0)
+    if have < need:
+        raise SpaceError(f"resources: a trial needs {need:g} {kind}s (workers {workers} x {need / workers:g}) but "
+                         f"the Ray cluster has {have:g}")
+    return TrialPlan(tune.with_resources(trainable, tune.PlacementGroupFactory([{"CPU": 0, "memory": 2**20}])),
+                     False, int(have // need), [PlacementGroupReaper()])
 
 
 def progress_printer(metric: str, max_t: int, name=None):

@@ -93,8 +93,9 @@ class ExperimentSection(_Strict):
 
 class PriorSection(_Strict):
     """Sampling around the knobs' `default:` values (hpo/priors.py)."""
-    share: float = Field(0.2, ge=0, lt=1)     # share of trials drawn around the defaults; 0 = off
+    share: float = Field(0.5, ge=0, lt=1)     # share of trials drawn around the defaults; 0 = off
     width: float = Field(0.15, gt=0, le=1)    # spread around a default, as a share of the knob's range
+    decay: float | None = Field(10, gt=0)     # trials after which the share halves; null = constant
 
 
 class SearchSection(_Strict):
@@ -123,13 +124,21 @@ class SchedulerSection(_Strict):
 
 
 class ResourcesSection(_Strict):
+    """Per trial, or with `workers` > 1 per data-parallel worker (a trial then holds workers x these)."""
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
+    workers: int = Field(1, ge=1)       # > 1: each trial is a DDP training on this many workers (Ray Train)
+    sync_bn: bool = False               # DDP on GPUs: SyncBatchNorm across the workers
 
     @model_validator(mode="after")
     def _gpu_fraction(self):
         if self.gpu > 1 and self.gpu != int(self.gpu):
             raise ValueError("gpu: fractions are only allowed below 1 (e.g. 0.5), whole numbers above")
+        if self.workers > 1 and 0 < self.gpu < 1:
+            raise ValueError(f"gpu: a data-parallel worker needs whole GPUs (NCCL ranks cannot share one), got "
+                             f"{self.gpu} with workers {self.workers}")
+        if self.sync_bn and (self.workers == 1 or not self.gpu):
+            raise ValueError("sync_bn: needs workers > 1 on GPUs (torch's SyncBatchNorm has no CPU version)")
         return self
 
 
@@ -341,6 +350,11 @@ def _check_structure(spec: SpaceFile) -> None:
             key = msg.split(":", 1)[0]
             prefix = f"space.{key}" if key in spec.space else f"base.{key}"
             raise SpaceError(f"{prefix}: {msg.split(':', 1)[-1].strip()} (at {knobs})") from None
+        workers = spec.resources.workers
+        if cfg["data"]["batch_size"] % workers:
+            where = "space.data.batch_size" if "data.batch_size" in spec.space else "base.data.batch_size"
+            raise SpaceError(f"{where}: expected a multiple of resources.workers ({workers}): it is the global "
+                             f"batch the workers split, got {cfg['data']['batch_size']}")
         crop, stride = cfg["data"]["crop"], model.size_divisibility
         if crop[0] % stride or crop[1] % stride:
             where = "space.data.crop" if "data.crop" in spec.space else "base.data.crop"
@@ -367,7 +381,7 @@ def make_sampler(spec: SpaceFile) -> optuna.samplers.BaseSampler:
     s = spec.search
     defaults = {k: encode_choice(d.default) for k, d in spec.space.items() if d.default is not None}
     return with_priors(base_sampler(s), optuna_distributions(spec) if defaults else {}, defaults,
-                       s.prior.share, s.prior.width, s.seed)
+                       s.prior.share, s.prior.width, s.seed, s.prior.decay)
 
 
 def base_sampler(s: SearchSection) -> optuna.samplers.BaseSampler:

@@ -55,6 +55,7 @@ class SearchStopper(Stopper):
         self.best: float | None = None       # best full-budget score, in "higher is better" units
         self.since_best = 0                   # full-budget trials since the best improved by > margin
         self.reason: str | None = None
+        self.last_step: dict[str, int] = {}   # trial id -> the last validation counted
 
     # --- Ray's Stopper interface -------------------------------------------------------------------
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -89,13 +90,16 @@ class SearchStopper(Stopper):
                 self._write()
 
     def _count(self, trial_id: str, result: dict, write: bool = True) -> None:
-        # `done`: Tune hands a function trainable's last result over once more when it returns
-        if "training_iteration" not in result or result.get("done") or self.reason:
+        if "training_iteration" not in result or self.reason:
             return
+        step = result["training_iteration"]
+        if result.get("done") and self.last_step.get(trial_id) == step:
+            return      # Tune hands a function trainable's last result over once more when it returns
+        self.last_step[trial_id] = step
         self.seconds += float(result.get("device_seconds", 0.0))
         self.epochs += self.val_every
         value = result.get(self.metric)
-        if result["training_iteration"] >= self.max_t and isinstance(value, (int, float)) and math.isfinite(value):
+        if step >= self.max_t and isinstance(value, (int, float)) and math.isfinite(value):
             self._full_budget(trial_id, float(value))
         if self.reason is None and self.budget_seconds is not None and self.seconds >= self.budget_seconds:
             self.reason = (f"budget: {self.seconds / 3600:.3f} device-hours spent (stop.budget.device_hours "

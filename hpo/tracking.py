@@ -252,7 +252,8 @@ class MLflowTrialLogger(Callback):
         if status == "failed":
             reason = result.get("error") or _error_text(trial)
             tags.append(RunTag("error", reason[:5000]))
-        ckpt_dir = trial.checkpoint.path if trial.checkpoint is not None else None
+        # a data-parallel trial's checkpoints are its Train run's: Tune only gets their path
+        ckpt_dir = trial.checkpoint.path if trial.checkpoint is not None else result.get("checkpoint_path")
 
         def finish():
             rid = self.run_ids[tid]

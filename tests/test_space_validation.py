@@ -74,3 +74,13 @@ def test_list_valued_categorical_round_trips():
         study.tell(t, 0.0)
     assert len(seen) == 2
     assert CategoricalDist(type="categorical", choices=[grid]).choices == [grid]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--name", "a b"], "error: --name (experiment.name: String should match pattern"),
+    (["--num-samples", "0"], "error: --num-samples (search.num_samples: Input should be greater than or equal to 1"),
+])
+def test_command_line_overrides_are_validated_like_the_file(flags, expected, capsys):
+    assert search.main([str(DEMO), *flags, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected), err
