@@ -6,7 +6,7 @@ against the single-process `Trainer` (hpo/engine.py):
 
 - Model: `self.model` stays the unwrapped module (checkpoints without `module.` keys, validation,
   the weights a promotion registers); training steps go through
-  `torch.nn.parallel.DistributedDataParallel` (`self.train_forward`), which averages the gradients.
+  `torch.nn.parallel.DistributedDataParallel` (`self.ddp_forward`), which averages the gradients.
   `sync_bn` converts BatchNorm to SyncBatchNorm first (CUDA only: torch's SyncBatchNorm refuses
   CPU modules). Parameters that get no gradient (an aux head with weight 0) turn on
   `find_unused_parameters`.
@@ -59,10 +59,10 @@ class DistributedTrainer(Trainer):
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         unused = any(float(w) == 0.0 for w in cfg["loss"]["aux_weights"].values())
         ids = [self.device.index or 0] if self.device.type == "cuda" else None
-        self.train_forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
-                                                                 find_unused_parameters=unused)
+        self.ddp_forward = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                               find_unused_parameters=unused)
         if self.runtime.compile:
-            self.train_forward = torch.compile(self.train_forward)
+            self.ddp_forward = torch.compile(self.ddp_forward)
 
     def mean_over_ranks(self, value: float) -> float:
         t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")

@@ -164,7 +164,7 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if run.compile else self.model
-        self.train_forward = self.forward        # the data-parallel wrapper in hpo/distributed.py
+        self.ddp_forward = None      # hpo/distributed.py: the DDP wrapper training steps go through
         o = cfg["optim"]
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o["lr"], momentum=o["momentum"],
                                          weight_decay=o["weight_decay"])
@@ -225,7 +225,7 @@ class Trainer:
     def _sgd_step(self, batch: dict) -> float:
         image, label = self._to_device(batch)
         with self._autocast():
-            outputs = self.train_forward(image)
+            outputs = (self.ddp_forward or self.forward)(image)
             loss, _terms = seg_loss(outputs, label, self.cfg)
         value = self.mean_over_ranks(loss.item())
         if not math.isfinite(value):
