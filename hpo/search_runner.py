@@ -374,7 +374,12 @@ def dry_run(spec: SpaceFile, n: int = 3) -> None:
     _quiet_environment()
     print(f"search '{spec.experiment.name}': {spec.search.num_samples} trials, sampler {spec.search.sampler}, "
           f"scheduler {spec.scheduler.name} (max_t={spec.scheduler.max_t}), "
-          f"{spec.resources.cpu} CPU / {spec.resources.gpu} GPU per trial")
+          f"{spec.resources.cpu} CPU / {spec.resources.gpu} GPU per "
+          + (f"worker, {spec.resources.workers} data-parallel workers per trial" if spec.resources.workers > 1
+             else "trial"))
+    rules = spec.stop.model_dump(exclude_none=True)
+    if rules:
+        print(f"stop: {rules}")
     print("space:")
     for key, dist in spec.space.items():
         print(f"  {key}: {dist.model_dump(exclude_none=True)}")

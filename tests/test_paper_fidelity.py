@@ -228,7 +228,7 @@ def test_msglore_cityscapes_lr_is_the_papers_scaled_to_its_batch():
     cfg = yaml.safe_load((CONFIGS / "msglore_cityscapes.yaml").read_text())
     assert cfg["optim"]["lr"] == pytest.approx(0.006 * cfg["data"]["batch_size"] / 26, rel=0.01)  # linear rule
     space = yaml.safe_load((SPACES / "msglore_selection.yaml").read_text())
-    assert space["search"]["points_to_evaluate"][0]["optim.lr"] == cfg["optim"]["lr"]   # the paper's point
+    assert space["space"]["optim.lr"]["default"] == cfg["optim"]["lr"]   # the paper's point, evaluated first
 
 
 # ---------------------------------------------------------------- models.summary: params and FLOPs
