@@ -4,6 +4,7 @@
     python -m hpo.replay --schedule wsd --grace 3 --rf 2 --sampler tpe --budget-epochs 243
     python -m hpo.replay SEARCH                            # a finished search's own logged curves
     python -m hpo.replay SEARCH --sampler random --grace 2 # "would this have found my winner cheaper?"
+    python -m hpo.replay SEARCH --prior-share 0            # the same search without sampling around its defaults
 
 A replay is a search whose trials do not train: each suggested config is snapped to the nearest
 config with known learning curves (the tabulated benchmark `benchmarks/tables/*.npz`, or the trials
@@ -420,6 +421,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget-epochs", type=int, help="stop after this many epochs (validations) in all")
     p.add_argument("--feedback", choices=["pruned", "complete"])
     p.add_argument("--diverged-feedback", choices=["pruned", "worst", "fail"])
+    p.add_argument("--prior-share", type=float, help="share of trials drawn around the knobs' defaults (0 = off)")
     p.add_argument("--storage-path", help="where the search's Ray results are (default ./ray_results)")
     p.add_argument("--tracking-uri")
     args = p.parse_args(argv)
@@ -451,7 +453,8 @@ def main(argv=None) -> int:
             settings = ReplaySettings(num_samples=None, budget_epochs=27 * source.max_t)
         for flag, attr in [("sampler", "sampler"), ("scheduler", "scheduler"), ("grace", "grace_period"),
                            ("rf", "reduction_factor"), ("brackets", "brackets"), ("max_concurrent", "max_concurrent"),
-                           ("feedback", "feedback"), ("diverged_feedback", "diverged_feedback")]:
+                           ("feedback", "feedback"), ("diverged_feedback", "diverged_feedback"),
+                           ("prior_share", "prior_share")]:
             if getattr(args, flag) is not None:
                 setattr(settings, attr, getattr(args, flag))
         if args.seed is not None:
