@@ -167,9 +167,10 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     """Train the winners; 0 when all trainings finished, 1 when some failed, 130 when interrupted."""
     from ray import tune
 
-    from hpo.search_runner import connect_ray, fit_resources, progress_printer, trial_plan
+    from hpo.search_runner import connect_ray, fit_resources, prepare_environment, progress_printer, trial_plan
     from hpo.tracking import MLflowTrialLogger
 
+    prepare_environment()
     spec, metric, max_t = handle.spec, handle.metric, handle.max_t
     if handle.parent_run_id is None or handle.client is None:
         raise PromoteError(f"search '{handle.name}': no MLflow parent run in reach ({handle.tracking_uri}); "
@@ -240,6 +241,10 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     print(format_rows(rows, list(spec.space), metric))
     cost = cost_line(handle, finished.values())
     print(cost["line"], flush=True)
+    spreads = [r["std"] for r in rows if r["n"] > 1]
+    if spreads:
+        print(f"seed spread (mean std over seeds of a winner): {sum(spreads) / len(spreads):.2f} - the "
+              f"stop.seed_spread of a plateau rule for this task", flush=True)
     (out_root / "summary.json").write_text(json.dumps({"winners": rows, "cost": cost}, indent=1))
     champion = choose_champion(rows, handle.mode if key == f"final_{metric}" else "max")
     if champion is None:

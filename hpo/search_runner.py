@@ -69,7 +69,7 @@ def run_search(spec: SpaceFile, *, space_path: str, resume: bool = False, addres
 def open_search(spec: SpaceFile, *, space_path: str, resume: bool = False, address: str | None = None) -> OpenSearch:
     from mlflow.tracking import MlflowClient
 
-    _quiet_environment()
+    prepare_environment()
     name = spec.experiment.name
     storage = Path(spec.experiment.storage_path).expanduser().resolve()
     exp_dir = storage / name
@@ -325,7 +325,8 @@ def progress_printer(metric: str, max_t: int, name=None):
     return ProgressPrinter()
 
 
-def _quiet_environment() -> None:
+def prepare_environment() -> None:
+    """Settings every Tune run of ctxtune needs in the driver (a search's, a promotion's)."""
     # Per-epoch checkpoints of short toy trials trip Ray's snapshot-frequency warning constantly.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # A diverged trial's last result carries its status and no metrics (hpo/trainable.py). Tune's
@@ -371,7 +372,7 @@ def dry_run(spec: SpaceFile, n: int = 3) -> None:
     """Print the resolved space and `n` configs the sampler proposes (the paper's points first)."""
     import optuna
 
-    _quiet_environment()
+    prepare_environment()
     print(f"search '{spec.experiment.name}': {spec.search.num_samples} trials, sampler {spec.search.sampler}, "
           f"scheduler {spec.scheduler.name} (max_t={spec.scheduler.max_t}), "
           f"{spec.resources.cpu} CPU / {spec.resources.gpu} GPU per "

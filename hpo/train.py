@@ -12,7 +12,7 @@ Output directory (`--out`, default `runs/<config name>`):
     confusion.png    row-normalised confusion matrix of the final evaluation
     overlays/        prediction overlays of the final evaluation
     mlflow_run.json  the MLflow run id, so `--resume` continues the same run
-    done.json        written last: the run finished (promotion skips such runs)
+    done.json        written last: the run finished (`--resume` then has nothing to do)
 
 Choices:
 - Checkpoints are taken after a validation whose epoch is a multiple of
@@ -70,7 +70,7 @@ def parse_args(argv=None):
 
 # --- files ----------------------------------------------------------------------------------
 def write_atomic(path: Path, text: str) -> None:
-    """Readers (a promotion driver polling metrics.json, a rerun checking done.json) never see half a file."""
+    """Readers (a rerun checking done.json, a user tailing metrics.json) never see half a file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -104,7 +104,7 @@ def train(cfg: dict, out: Path, resume: bool = False, log: Callable[[str], None]
     """Train `cfg` into `out`; returns the summary also written to metrics.json and done.json.
 
     `on_validation(metrics)` is called after each validation, once the checkpoint of that epoch
-    (if any) is on disk. No MLflow here: promotion runs this inside Ray workers.
+    (if any) is on disk. No MLflow here: the caller tracks (main() through RunTracker).
     """
     from hpo.engine import Trainer
     from models.backbone import scratch_warning
