@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from conftest import tiny_run_config
+from test_search import child_runs
 from hpo.search_handle import find_search
 from hpo.search_runner import run_search
 from hpo.space import load_space
@@ -37,10 +37,8 @@ def write_space(tmp_path: Path, data_root: Path, name: str, stop: dict) -> Path:
 
 
 def parent_of(tmp_path: Path, name: str):
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name(name)
-    runs = client.search_runs([exp.experiment_id], f"tags.`ctxtune.search` = '{name}'")
-    return client, runs[0]
+    client, _exp, parent, _trials = child_runs(tmp_path, name)
+    return client, parent
 
 
 @pytest.mark.parametrize("rule, stop, expect", [
