@@ -44,7 +44,7 @@ class Ledger:
 
     @property
     def unit(self) -> str:
-        return {"gpu": "GPU", "cpu": "CPU"}.get(self.device_kind, "device")
+        return unit_of(self.device_kind)
 
     def metrics(self, prefix: str = "cost_") -> dict[str, float]:
         """What the parent MLflow run logs."""
@@ -68,6 +68,16 @@ class Ledger:
                 f"{100 * self.share('failed'):.0f}% on failed ones" + (f"; by rung segment: {seg}" if seg else "")]
 
 
+def kind_of(kinds) -> str:
+    """One device kind for several trials' (None entries ignored): gpu | cpu | mixed | unknown."""
+    found = {k for k in kinds if k}
+    return found.pop() if len(found) == 1 else ("mixed" if found else "unknown")
+
+
+def unit_of(kind: str) -> str:
+    return {"gpu": "GPU", "cpu": "CPU"}.get(kind, "device")
+
+
 def _fmt(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.0f} s"
 
@@ -75,8 +85,7 @@ def _fmt(seconds: float) -> str:
 def ledger(trials, milestones: list[int]) -> Ledger:
     """The ledger of `trials` (TrialRecords with `cost`); `milestones` = ASHA rungs + the full budget."""
     costed = [t for t in trials if t.cost]
-    kinds = {t.device_kind for t in costed if t.device_kind}
-    kind = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "unknown")
+    kind = kind_of(t.device_kind for t in costed)
     total = sum(sum(t.cost.values()) for t in costed)
     by_status: dict[str, float] = {}
     for t in costed:

@@ -192,7 +192,7 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     out_root.mkdir(parents=True, exist_ok=True)
     jobs = make_jobs(winners, base, seeds)
     for rank, w in enumerate(winners, 1):
-        cfg = _job_config(base, next(j for j in jobs if j.rank == rank))
+        cfg = normalize(apply_overrides(base, next(j for j in jobs if j.rank == rank).overrides))
         header = (f"# rank {rank} of search '{handle.name}': trial {w.trial_id} (MLflow run {w.run_id}), "
                   f"search {metric} {w.last_value:.4f} at epoch {w.last_step}; `promote` section applied\n")
         (out_root / f"rank{rank}.yaml").write_text(header + dump_yaml(cfg))
@@ -234,7 +234,7 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
         print(f"\ninterrupted after {wall:.0f} s: {done} of {len(jobs)} trainings finished; run the same command "
               f"again to continue", flush=True)
         return 130
-    key = f"final_{metric}" if metric in ("val_miou", "val_pixel_acc") else "final_val_miou"
+    key = f"final_{metric}"            # the final evaluation's score (with TTA when eval.tta)
     scores = {(j.rank, j.seed): (finished[(j.rank, j.seed)].last_result or {}).get(key) for j in jobs}
     rows = results_table(winners, jobs, scores, spec)
     print(f"\npromotion of '{handle.name}' ({len(jobs)} trainings, {wall:.0f} s):")
@@ -246,7 +246,7 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
         print(f"seed spread (mean std over seeds of a winner): {sum(spreads) / len(spreads):.2f} - the "
               f"stop.seed_spread of a plateau rule for this task", flush=True)
     (out_root / "summary.json").write_text(json.dumps({"winners": rows, "cost": cost}, indent=1))
-    champion = choose_champion(rows, handle.mode if key == f"final_{metric}" else "max")
+    champion = choose_champion(rows, handle.mode)
     if champion is None:
         print("no training finished: no champion registered", file=sys.stderr)
         return 1
@@ -254,7 +254,7 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
             for r in find_runs(handle.client, handle.experiment_id, layout.filter())}
     rank, seed = champion
     version = register_champion(handle, runs.get((str(rank), str(seed))), rank, seed, scores[champion],
-                                next(w for i, w in enumerate(winners, 1) if i == rank))
+                                winners[rank - 1])
     print(f"\nchampion: rank {rank} seed {seed} (rank{rank}_seed{seed}); "
           + (f"model '{handle.name}' version {version} has alias '{CHAMPION}'" if version else "not registered")
           + f"\nwinner configs in {out_root}; runs in MLflow {handle.tracking_uri}")
@@ -264,12 +264,12 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
 def cost_line(handle: SearchHandle, trials) -> dict:
     """What the promotion spent (hpo/ledger.py), printed and logged to the search's parent run as
     `promotion_device_seconds`, beside the search's own `cost_*`."""
-    from hpo.ledger import ledger
+    from hpo.ledger import kind_of, ledger, unit_of
 
     results = [t.last_result or {} for t in trials]
     total = sum(float(r.get("device_seconds_total", 0.0)) for r in results)
-    kinds = {r["device_kind"] for r in results if "device_kind" in r}
-    unit = {"gpu": "GPU", "cpu": "CPU"}.get(kinds.pop() if len(kinds) == 1 else "", "device")
+    kind = kind_of(r.get("device_kind") for r in results)
+    unit = unit_of(kind)
     search = ledger(handle.trials, [handle.max_t])
     line = f"cost: {total:.0f} {unit}-seconds ({total / 3600:.2f} h) for {len(results)} trainings"
     if search.full_training:
@@ -278,11 +278,7 @@ def cost_line(handle: SearchHandle, trials) -> dict:
         handle.client.log_metric(handle.parent_run_id, "promotion_device_seconds", total)
     except Exception as exc:  # noqa: BLE001 - the trainings themselves succeeded
         print(f"warning: could not log the promotion's cost to MLflow ({type(exc).__name__})", file=sys.stderr)
-    return {"device_seconds": total, "device_kind": unit.lower(), "line": line}
-
-
-def _job_config(base: dict, job: Job) -> dict:
-    return normalize(apply_overrides(base, job.overrides))
+    return {"device_seconds": total, "device_kind": kind, "line": line}
 
 
 def _trial_label(trial) -> str:
@@ -337,6 +333,7 @@ def results_table(winners: list[TrialRecord], jobs: list[Job], scores: dict, spe
 
 def format_rows(rows: list[dict], keys: list[str], metric: str) -> str:
     from hpo.config import display_value
+    from hpo.search_runner import aligned
 
     cols = ["rank", "trial", *keys, f"search {metric}", "full budget (mean ± std)", "n", "per seed"]
     cells = [cols]
@@ -347,8 +344,7 @@ def format_rows(rows: list[dict], keys: list[str], metric: str) -> str:
         cells.append([str(r["rank"]), r["trial"], *[f"{v:.4g}" if isinstance(v, float) else str(v) for v in knobs],
                       f"{r['search_score']:.2f}", full, str(r["n"]) + (f" ({r['failed']} failed)" if r["failed"] else ""),
                       seeds])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return aligned(cells)
 
 
 def choose_champion(rows: list[dict], mode: str = "max") -> tuple[int, int] | None:

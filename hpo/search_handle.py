@@ -18,7 +18,8 @@ The `SearchHandle` it returns knows the search's paths, its MLflow ids, its spac
   `params.json`/`result.json`, or, when the Ray results are not on this machine, from the MLflow
   nested runs. Each record carries its MLflow run id where the tracking store knows it.
 
-This module also owns the names of the files a search leaves beside Ray's state.
+This module also owns the names of the files a search leaves beside Ray's state, and the one
+reading of how a trial ended (`trial_status`). It imports no Ray: `hpo.report` starts fast.
 """
 
 from __future__ import annotations
@@ -37,13 +38,23 @@ import yaml
 
 from hpo.config import apply_overrides, decode_choice, display_value
 from hpo.mlflow_store import find_runs, nested_filter, resolve_tracking_uri
-from hpo.searcher import trial_status
 from hpo.space import SpaceError, SpaceFile, load_space, optuna_distributions
 
 STATE_FILE = "ctxtune_search.json"       # parent run id, tracking URI, experiment id, space file path
 JOURNAL_FILE = "optuna_journal.log"      # the Optuna study
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 STATUSES = ("completed", "early_stopped", "failed", "unfinished")
+DIVERGED = "diverged"      # the `status` a trainable reports when the loss became NaN/inf
+
+
+def trial_status(last_result: dict | None, errored: bool, max_t: int) -> str:
+    """The one reading of how a trial ended, from its last result: shared by the searcher, the MLflow
+    tags, the leaderboards and every reader of recorded results."""
+    if errored or not last_result or last_result.get("status") == DIVERGED:
+        return "failed"
+    if last_result.get("training_iteration", 0) < max_t:
+        return "early_stopped"
+    return "completed"
 
 
 class SearchNotFound(ValueError):
@@ -248,12 +259,14 @@ def _from_folder(exp_dir: Path, tracking_uri: str | None, space: str | None) -> 
     uri = tracking_uri or state.get("tracking_uri")
     uri = resolve_tracking_uri(uri) if uri else None
     notes: list[str] = []
-    spec, source = None, ""
+    spec, source, experiment_id = None, "", state.get("experiment_id")
     if space:
         spec, source = _load(space, "--space"), space
     elif state.get("parent_run_id") and uri:
         try:
-            spec, source = _spec_from_run(_client(uri), state["parent_run_id"]), "the MLflow parent run"
+            client = _client(uri)
+            spec, source = _spec_from_run(client, state["parent_run_id"]), "the MLflow parent run"
+            experiment_id = state.get("experiment_id") or client.get_run(state["parent_run_id"]).info.experiment_id
         except Exception as exc:  # noqa: BLE001 - fall back to the file the state names
             notes.append(f"space file read from {state.get('space')}, not from the MLflow parent run "
                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
@@ -261,12 +274,6 @@ def _from_folder(exp_dir: Path, tracking_uri: str | None, space: str | None) -> 
         if not state.get("space"):
             raise SearchNotFound(f"--space: {exp_dir} does not record its space file; pass --space SPACE.yaml")
         spec, source = _load(state["space"], f"{STATE_FILE}.space"), state["space"]
-    experiment_id = state.get("experiment_id")
-    if uri and state.get("parent_run_id") and not experiment_id:
-        try:
-            experiment_id = _client(uri).get_run(state["parent_run_id"]).info.experiment_id
-        except Exception:  # noqa: BLE001 - no store: the trials come from the files here
-            pass
     return SearchHandle(exp_dir.name, spec, exp_dir=exp_dir, parent_run_id=state.get("parent_run_id"),
                         tracking_uri=uri, experiment_id=experiment_id, space_source=source, notes=notes)
 

@@ -207,8 +207,12 @@ def format_leaderboard(rows: list[dict], keys: list[str], metric: str, device_ki
     cols = ["rank", "trial", *keys, metric, "epochs", cost, "status"]
     shown = [{**r, metric: f"{r['best']:.2f}" if r["best"] is not None else None,
               cost: f"{r['cost']:.0f}" if r.get("cost") is not None else None} for r in rows]
-    cells = [cols] + [[_cell(r.get(c)) for c in cols] for r in shown]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return aligned([cols] + [[_cell(r.get(c)) for c in cols] for r in shown])
+
+
+def aligned(cells: list[list[str]]) -> str:
+    """Rows of text cells as left-aligned columns (the printed leaderboards)."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)
 
 
@@ -303,7 +307,7 @@ def progress_printer(metric: str, max_t: int, name=None):
     `name(trial)` labels a trial (default "trial <id>")."""
     from ray.tune import Callback
 
-    from hpo.searcher import trial_status
+    from hpo.search_handle import trial_status
 
     label = name or (lambda trial: f"trial {trial.trial_id}")
 

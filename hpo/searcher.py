@@ -11,7 +11,7 @@ interface written over Optuna's public `ask` / `tell` / `Trial.report`:
   intermediate values and records its last one as the value, which is how Optuna's own pruners
   leave trials. `feedback="complete"` tells it COMPLETE instead (Ray's behaviour, kept for the
   efficiency benchmark).
-- a trial whose loss diverged (its last result says `status: diverged`, hpo/trainable.py) is told
+- a trial whose loss diverged (its last result says `status: diverged`, hpo/trainable.py; `trial_status` in hpo/search_handle.py) is told
   as `diverged_feedback` says: "pruned" (default; its last finite scores: TPE never sees FAIL
   trials, so with "fail" it could not learn to avoid a diverging region), "worst" (COMPLETE with
   the worst score any trial reported so far) or "fail". It gets the user attr `diverged`.
@@ -38,19 +38,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
+from hpo.search_handle import DIVERGED, trial_status
+
 logger = logging.getLogger(__name__)
-
-DIVERGED = "diverged"      # the `status` a trainable reports when the loss became NaN/inf
-
-
-def trial_status(last_result: dict | None, errored: bool, max_t: int) -> str:
-    """The one reading of how a trial ended, shared by MLflow tags, leaderboards and the searcher."""
-    if errored or not last_result or last_result.get("status") == DIVERGED:
-        return "failed"
-    if last_result.get("training_iteration", 0) < max_t:
-        return "early_stopped"
-    return "completed"
-
 
 class HonestOptunaSearch(Searcher):
     def __init__(self, space: dict[str, optuna.distributions.BaseDistribution], metric: str, mode: str, *,

@@ -54,7 +54,7 @@ from hpo.config import apply_overrides, dump_yaml, flatten
 from hpo.mlflow_store import find_runs, log_params, nested_filter
 from hpo.outputs import CONFUSION, MODEL_DIR, OVERLAYS
 from hpo.rung_check import RungCorrelation, verdict
-from hpo.searcher import trial_status
+from hpo.search_handle import trial_status
 from hpo.trainable import split_params
 
 logger = logging.getLogger(__name__)

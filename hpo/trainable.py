@@ -46,7 +46,7 @@ from ray.tune import Callback
 from hpo.config import apply_overrides
 from hpo.engine import DivergenceError, Trainer, save_checkpoint
 from hpo.outputs import OVERLAYS, final_evaluation, write_final_outputs, write_overlays
-from hpo.searcher import DIVERGED
+from hpo.search_handle import DIVERGED
 
 CHECKPOINT_FILE = "state.pt"
 LEDGER_FILE = "ledger.json"

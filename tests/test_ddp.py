@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_run_config
+from conftest import tiny_run_config, wait_for
 from datasets.bundle import SeededSampler, ShardedSeededSampler
 from hpo.search_handle import find_search, ray_results
 from hpo.search_runner import run_search, trial_plan
@@ -91,10 +90,7 @@ def test_two_worker_ddp_trial_in_a_real_search(ray_local, tiny_data, tmp_path, m
     assert 1.5 * wall < spent < 2.5 * wall          # 2 workers x 1 CPU for the trial's time
 
     # the workers' placement group was freed: the CPUs are there for the next search
-    deadline = time.monotonic() + 20
-    while ray_local.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert ray_local.available_resources().get("CPU", 0) == 2
+    wait_for(lambda: ray_local.available_resources().get("CPU", 0) == 2, 20, "the DDP workers' CPUs to be freed")
 
 
 def test_bad_data_parallel_resources_are_one_line(tiny_data, tmp_path):

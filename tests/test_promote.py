@@ -68,9 +68,13 @@ def promoted(finished_search):
     client = MlflowClient(s.uri)
 
     def one_done_one_training():     # a finished training, and one with a checkpoint to resume from
-        runs = promoted_runs(s)
-        done = [r for r in runs if r.info.status == "FINISHED"]
-        going = [r for r in runs if r.info.status == "RUNNING" and client.get_metric_history(r.info.run_id, "val_miou")]
+        try:
+            runs = promoted_runs(s)
+            done = [r for r in runs if r.info.status == "FINISHED"]
+            going = [r for r in runs if r.info.status == "RUNNING"
+                     and client.get_metric_history(r.info.run_id, "val_miou")]
+        except Exception:  # noqa: BLE001 - the promotion process is writing the SQLite store: look again
+            return None
         return (done, going) if done and going else None
     done, going = wait_for(one_done_one_training, 300, "a finished and a training promoted run", proc, log)
     proc.send_signal(signal.SIGINT)
