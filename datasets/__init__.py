@@ -1,5 +1,6 @@
-"""ctxtune datasets: Cityscapes, Pascal-Context 59, synthetic street scenes, transforms, metrics,
-inference (TTA / sliding window) and official-format export. Plain PyTorch + OpenCV + NumPy.
+"""ctxtune datasets: Cityscapes, Pascal-Context 59, synthetic street scenes, any folder layout
+(`data.name: folder`, CamVid), transforms, metrics, inference (TTA / sliding window) and
+official-format export. Plain PyTorch + OpenCV + NumPy.
 
 Note: this package shadows Hugging Face's `datasets`; nothing here depends on that one.
 """
@@ -7,5 +8,6 @@ Note: this package shadows Hugging Face's `datasets`; nothing here depends on th
 from .build import build
 from .bundle import DataBundle
 from .errors import DatasetError
+from .folder import preflight
 
-__all__ = ["build", "DataBundle", "DatasetError"]
+__all__ = ["build", "DataBundle", "DatasetError", "preflight"]

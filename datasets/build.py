@@ -7,6 +7,8 @@
   `data.generate` is set and the tree records other parameters, that is an error too.
 - `cityscapes`: `data.root` or `$CITYSCAPES_DATASET`.
 - `pascal_context`: `data.root` or `$PASCAL_CONTEXT_DATASET` (59 classes).
+- `folder`: any layout described by `data.folder` (classes, palette, label map; datasets/folder.py).
+- `camvid`: the folder dataset with CamVid's SegNet layout; `data.root` or `$CAMVID_DATASET`.
 The augmentation seed is the run config's top-level `seed`.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from . import cityscapes, cityscapes_labels, pascal_context
+from . import cityscapes, cityscapes_labels, folder, pascal_context
 from .bundle import DataBundle, worker_init
 from .config import parse_data_config
 from .errors import DatasetError
@@ -32,6 +34,17 @@ def _loader_kwargs(workers: int) -> dict:
 def build(cfg: dict) -> DataBundle:
     """Datasets, label space and loader settings for the run config `cfg` (section `data`)."""
     dc = parse_data_config(cfg)
+    train_tf = TrainTransform(crop=dc.crop, resize=dc.resize, scale=dc.scale, crop_mode=dc.crop_mode, flip=dc.flip,
+                              jitter=dc.jitter, max_class_ratio=dc.max_class_ratio)
+    val_tf = ValTransform(resize=dc.resize, size_divisor=dc.size_divisor, full_res_labels=dc.val_full_res_labels)
+    if dc.name in folder.NAMES:
+        res = folder.resolve(dc.name, dc.root, dc.folder)
+        train, val = (folder.FolderDataset(folder.find_samples(res.root, dc.folder, split), res.decoder, tf,
+                                           seed=dc.seed, description=f"{dc.name} {split} @ {res.root}")
+                      for split, tf in (("train", train_tf), ("val", val_tf)))
+        return DataBundle(name=dc.name, train=train, val=val, num_classes=len(dc.folder.classes),
+                          class_names=list(dc.folder.classes), palette=res.palette, batch_size=dc.batch_size,
+                          val_batch_size=dc.val_batch_size, loader_kwargs=_loader_kwargs(dc.workers))
     if dc.name == "pascal_context":
         root = pascal_context.resolve_root(dc.root)
         find, tables = pascal_context.find_samples, pascal_context.TABLES
@@ -49,9 +62,6 @@ def build(cfg: dict) -> DataBundle:
         find, tables = cityscapes.find_samples, cityscapes.TABLES
         names, palette = list(cityscapes_labels.CLASS_NAMES), cityscapes_labels.PALETTE
 
-    train_tf = TrainTransform(crop=dc.crop, resize=dc.resize, scale=dc.scale, crop_mode=dc.crop_mode, flip=dc.flip,
-                              jitter=dc.jitter, max_class_ratio=dc.max_class_ratio)
-    val_tf = ValTransform(resize=dc.resize, size_divisor=dc.size_divisor, full_res_labels=dc.val_full_res_labels)
     train = SegmentationDataset(find(root, "train"), tables, train_tf, seed=dc.seed,
                                 description=f"{dc.name} train @ {root}")
     val = SegmentationDataset(find(root, "val"), tables, val_tf, seed=dc.seed, description=f"{dc.name} val @ {root}")

@@ -13,6 +13,8 @@ Keys beyond docs/config.md (documented in docs/datasets.md):
   e.g. `predict_logits(..., out_size=label.shape[-2:])`.
 - `size_divisor: int | null` -- val images are resized to floor(H/d)*d x floor(W/d)*d
   (SpaceMeshLab on Pascal-Context uses 16).
+- `folder: mapping | null` -- the layout, classes, palette and label map of `name: folder` (and
+  overrides of the `camvid` preset), validated by `datasets.folder`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from typing import Any
 
 from .errors import DatasetError
 
-NAMES = ("synthetic", "cityscapes", "pascal_context")
+NAMES = ("synthetic", "cityscapes", "pascal_context", "folder", "camvid")
 DEFAULTS: dict[str, Any] = {
     "name": "synthetic", "root": None, "crop": [128, 128], "crop_mode": "random", "resize": None,
     "scale": [0.5, 2.0], "flip": True, "jitter": True, "max_class_ratio": 1.0, "batch_size": 8,
     "val_batch_size": 2, "workers": 0, "generate": None, "val_full_res_labels": False, "size_divisor": None,
+    "folder": None,
 }
 
 
@@ -48,6 +51,7 @@ class DataConfig:
     val_full_res_labels: bool
     size_divisor: int | None
     seed: int
+    folder: Any = None          # datasets.folder.FolderConfig for `folder` / `camvid`, else None
 
 
 def _is_int(v) -> bool:
@@ -121,6 +125,13 @@ def parse_data_config(cfg: dict) -> DataConfig:
     seed = cfg.get("seed", 0)
     if not _is_int(seed):
         raise DatasetError(f"seed: expected an integer, got {seed!r}")
+    folder = d["folder"]
+    if d["name"] in ("folder", "camvid"):
+        from .folder import parse_folder_config
+        model = cfg.get("model")
+        folder = parse_folder_config(d["name"], folder, model.get("num_classes") if isinstance(model, dict) else None)
+    elif folder is not None:
+        raise DatasetError(f"data.folder: only read with data.name folder or camvid, not {d['name']}")
 
     return DataConfig(
         name=d["name"], root=d["root"], crop=_pair("crop", d["crop"], optional=True), crop_mode=d["crop_mode"],
@@ -129,5 +140,5 @@ def parse_data_config(cfg: dict) -> DataConfig:
         batch_size=_int("batch_size", d["batch_size"], 1), val_batch_size=_int("val_batch_size", d["val_batch_size"], 1),
         workers=_int("workers", d["workers"], 0), generate=generate,
         val_full_res_labels=_bool("val_full_res_labels", d["val_full_res_labels"]), size_divisor=divisor,
-        seed=int(seed),
+        seed=int(seed), folder=folder,
     )

@@ -80,11 +80,15 @@ class SegmentationDataset(Dataset):
     def __repr__(self) -> str:
         return f"SegmentationDataset({self.description!r}, {len(self)} samples)"
 
+    def read_label(self, sample: Sample) -> np.ndarray:
+        """uint8 train-id label of one sample (the folder dataset decodes its own way)."""
+        return read_label(sample.label, self.tables[sample.table], sample.table)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Untransformed (uint8 RGB image, uint8 train-id label) of one sample."""
         s = self.samples[index]
         image = read_image(s.image)
-        label = read_label(s.label, self.tables[s.table], s.table)
+        label = self.read_label(s)
         if image.shape[:2] != label.shape:
             raise DatasetError(f"{s.label}: label size {label.shape[1]}x{label.shape[0]} (WxH) does not match "
                                f"image {s.image} size {image.shape[1]}x{image.shape[0]}")

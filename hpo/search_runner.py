@@ -362,7 +362,11 @@ def absolutize_paths(base: dict) -> dict:
 
 
 def ensure_data(base: dict) -> None:
-    """The demo's synthetic set is generated on first use (one line says so)."""
+    """The demo's synthetic set is generated on first use (one line says so); a folder dataset's
+    files are checked before Ray starts (one line naming the file or key)."""
+    from datasets import preflight
+
+    preflight(base)
     data = base["data"]
     if data["name"] == "synthetic" and data.get("generate"):
         from datasets.synthetic import DEFAULTS_ROOT, ensure
@@ -376,7 +380,10 @@ def dry_run(spec: SpaceFile, n: int = 3) -> None:
     """Print the resolved space and `n` configs the sampler proposes (the paper's points first)."""
     import optuna
 
+    from datasets import preflight
+
     prepare_environment()
+    preflight(spec.base)                 # a folder dataset's files (no-op for the others)
     print(f"search '{spec.experiment.name}': {spec.search.num_samples} trials, sampler {spec.search.sampler}, "
           f"scheduler {spec.scheduler.name} (max_t={spec.scheduler.max_t}), "
           f"{spec.resources.cpu} CPU / {spec.resources.gpu} GPU per "

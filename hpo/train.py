@@ -90,7 +90,11 @@ def read_history(out: Path) -> list[dict]:
 
 
 def ensure_data(cfg: dict) -> None:
-    """The synthetic set is generated on first use (race-safe, several trainings may start at once)."""
+    """The synthetic set is generated on first use (race-safe, several trainings may start at once);
+    a folder dataset's files are checked (one line naming the file or key)."""
+    from datasets import preflight
+
+    preflight(cfg)
     data = cfg["data"]
     if data["name"] == "synthetic" and data.get("generate"):
         from datasets.synthetic import ensure
