@@ -65,6 +65,41 @@ def test_tta_shape_and_probabilities(image):
     assert up.shape == (2, C, 80, 112)
 
 
+def hand_tta(model, image, scales, flip):
+    """TTA written out: each scale resized bilinearly (round(H*s) x round(W*s)), each pass softmaxed,
+    flipped passes flipped back, every pass resized to the input size, the probabilities averaged."""
+    import torch.nn.functional as F
+
+    h, w = image.shape[-2:]
+    passes = []
+    with torch.no_grad():
+        for s in scales:
+            x = F.interpolate(image, size=(round(h * s), round(w * s)), mode="bilinear", align_corners=False)
+            for flipped in ((False, True) if flip else (False,)):
+                p = model(x.flip(-1) if flipped else x)["out"].softmax(1)
+                p = p.flip(-1) if flipped else p
+                passes.append(F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False))
+    return sum(passes) / len(passes)
+
+
+@pytest.mark.parametrize("scales, flip", [((0.5, 1.0), False), ((0.5, 1.0), True), ((0.75, 1.25, 1.5), True),
+                                          ((1.0,), True)])
+def test_tta_is_the_average_over_the_given_scales_and_flips(image, scales, flip):
+    m = ContextModel()
+    torch.testing.assert_close(predict_logits(m, image, scales=scales, flip=flip, num_classes=C),
+                               hand_tta(m, image, scales, flip), rtol=0, atol=1e-6)
+
+
+def test_each_tta_scale_changes_the_result(image):
+    m = ContextModel()
+    one = predict_logits(m, image, scales=(1.0,), num_classes=C)
+    two = predict_logits(m, image, scales=(0.5, 1.0), num_classes=C)
+    half = predict_logits(m, image, scales=(0.5,), num_classes=C)
+    assert (two - one).abs().max() > 1e-3
+    torch.testing.assert_close(two, (one + half) / 2, rtol=0, atol=1e-6)      # two passes, equal weight
+    assert (predict_logits(m, image, scales=(0.5, 1.5), num_classes=C) - two).abs().max() > 1e-3
+
+
 def test_flip_equivariant_model_gives_identical_results_with_flip(image):
     m = PointModel()
     for scales in ((1.0,), (0.5, 1.0, 1.5)):

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import optuna
+import pytest
 
 from hpo.priors import PriorMixSampler, draw_near
 
@@ -64,3 +65,54 @@ def test_draw_near_respects_steps_and_bounds():
         v = draw_near(stepped, 1.5, 0.3, rng)          # the default at the edge: draws stay inside
         assert 0.1 <= v <= 1.5 and abs(round(v / 0.1) * 0.1 - v) < 1e-9
     assert draw_near(SPACE["n3"], None, 0.1, rng) in range(2, 65)   # no default: uniform
+
+
+def test_fading_share_is_share_times_d_over_d_plus_n():
+    sampler = PriorMixSampler(optuna.samplers.RandomSampler(seed=0), DEFAULTS, share=0.5, seed=0, decay=10)
+    for n, expected in [(0, 0.5), (1, 0.5 * 10 / 11), (10, 0.25), (30, 0.125), (990, 0.005)]:
+        assert sampler.share_at(n) == pytest.approx(expected, rel=1e-12)
+    constant = PriorMixSampler(optuna.samplers.RandomSampler(seed=0), DEFAULTS, share=0.3, seed=0)
+    assert [constant.share_at(n) for n in (0, 10, 1000)] == [0.3, 0.3, 0.3]
+
+
+def test_prior_trials_thin_out_as_the_share_fades():
+    """Which trials are prior trials: per trial a draw below share_at(n), so over a window of trial
+    numbers the count follows the sum of the fading shares (binomial spread), not the constant share."""
+    sampler = PriorMixSampler(optuna.samplers.RandomSampler(seed=0), DEFAULTS, share=0.5, seed=7, decay=1000)
+    for lo, hi in [(0, 1000), (1000, 3000), (3000, 9000)]:
+        count = sum(sampler.is_prior_trial(n) for n in range(lo, hi))
+        p = [0.5 * 1000 / (1000 + n) for n in range(lo, hi)]
+        mean, sd = sum(p), math.sqrt(sum(q * (1 - q) for q in p))
+        assert abs(count - mean) < 4 * sd, (lo, hi, count, mean)
+        assert count < 0.5 * (hi - lo) - 4 * sd                         # far below the constant share
+
+
+def test_shipped_default_prior_fades_in_a_real_study():
+    """The shipped default (share 0.5, halved after decay = 10 trials): trials drawn near the defaults
+    are the prior trials, many early, few late; the demo space's sampler is built that way."""
+    from pathlib import Path
+
+    from hpo.space import load_space, make_sampler
+
+    demo = make_sampler(load_space(Path(__file__).parents[1] / "search_spaces" / "demo.yaml"))
+    assert isinstance(demo, PriorMixSampler) and (demo.share, demo.decay) == (0.5, 10)
+    assert demo.share_at(10) == pytest.approx(0.25)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = PriorMixSampler(optuna.samplers.RandomSampler(seed=0), DEFAULTS, share=0.5, width=0.01, seed=0,
+                              decay=10)
+    study = optuna.create_study(sampler=sampler)
+    near = []
+    for _ in range(200):
+        t = study.ask(SPACE)
+        p = t.params
+        near.append(abs(unit_lr(p["lr"]) - unit_lr(0.02)) < 0.05 and abs(p["n3"] - 11) <= 3
+                    and p["grid"] == "dense18")
+        study.tell(t, 0.0)
+    prior = [sampler.is_prior_trial(n) for n in range(200)]
+    assert all(near[n] for n in range(200) if prior[n])                  # a prior trial sits at the defaults
+    assert sum(near) - sum(prior) <= 4                                    # random draws rarely land there
+    expected = lambda lo, hi: sum(0.5 * 10 / (10 + n) for n in range(lo, hi))  # noqa: E731
+    assert expected(0, 20) == pytest.approx(5.66, abs=0.01) and expected(100, 200) == pytest.approx(3.2, abs=0.05)
+    assert 2 <= sum(near[:20]) <= 11                                      # constant share: ~10 of 20
+    assert sum(near[100:]) <= 9                                           # constant share: ~50 of 100

@@ -133,6 +133,40 @@ def write_search(tmp_path: Path, name: str, trials: list[dict], journal: bool = 
     return exp_dir
 
 
+def best_of(curve: dict, mode: str) -> float:
+    return max(curve.values()) if mode == "max" else min(curve.values())
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_leaderboard_ranks_full_budget_trials_first_best_score_first(tmp_path, mode):
+    """The leaderboard's rule: trials that ran the full budget first, each group by its best score
+    (highest for mode max, lowest for min), failed trials last; ranks 1..n in that order."""
+    trials = synthetic_trials(distributions(tmp_path), lambda p: 40 * p["optim.momentum"], n=12, n_failed=2)
+    exp_dir = write_search(tmp_path, "board", trials, parent=False)
+    handle = locate(str(exp_dir))
+    if mode == "min":
+        doc = yaml.safe_load(Path(json.loads((exp_dir / STATE_FILE).read_text())["space"]).read_text())
+        doc["scheduler"]["mode"] = "min"
+        (tmp_path / "min.yaml").write_text(yaml.safe_dump(doc))
+        handle = SearchHandle("board", load_space(tmp_path / "min.yaml"), exp_dir=exp_dir)
+    # the expected order, computed here from the trials as written
+    better_first = (lambda t: -best_of(t["curve"], mode) if mode == "max" else best_of(t["curve"], mode))
+    full = sorted((t for t in trials if t["state"] == TrialState.COMPLETE), key=better_first)
+    stopped = sorted((t for t in trials if t["state"] == TrialState.PRUNED), key=better_first)
+    failed = {t["id"] for t in trials if t["state"] == TrialState.FAIL}
+    assert len(full) >= 3 and len(stopped) >= 3 and len(failed) == 2
+    rows = handle.leaderboard()
+    assert [r["rank"] for r in rows] == list(range(1, len(trials) + 1))
+    assert [r["trial"] for r in rows[:len(full)]] == [t["id"] for t in full]
+    assert [r["trial"] for r in rows[len(full):len(full) + len(stopped)]] == [t["id"] for t in stopped]
+    assert {r["trial"] for r in rows[len(full) + len(stopped):]} == failed
+    assert rows[0]["best"] == pytest.approx(best_of(full[0]["curve"], mode))
+    assert all(r["best"] is None for r in rows if r["trial"] in failed)
+    # the CSV logged to the parent run keeps that order
+    csv_rows = search_runner.leaderboard_csv(rows, list(KNOBS), "val_miou").splitlines()[1:]
+    assert [ln.split(",")[:2] for ln in csv_rows[:2]] == [["1", full[0]["id"]], ["2", full[1]["id"]]]
+
+
 def ranking(table: dict, stage: str, evaluator: str) -> list[str]:
     imp = table[stage][evaluator]
     assert imp is not None, table[stage]["reason"]
