@@ -164,6 +164,9 @@ def _error_line(err: ValidationError, prefix: str) -> str:
     loc = [str(p) for p in first["loc"] if not str(p).startswith(("function-", "tuple[", "int", "str", "literal"))]
     key = ".".join([prefix, *loc])
     msg = first["msg"].removeprefix("Value error, ")
+    head, sep, rest = msg.partition(": ")
+    if not loc and sep and " " not in head:     # a whole-section check names its own key ("palette: ...")
+        key, msg = f"{prefix}.{head}", rest
     if first["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if first["type"] == "missing":
@@ -329,7 +332,7 @@ def find_samples(root: str, fc: FolderConfig, split: str) -> list[Sample]:
         return _listed(root, fc, split, _under(root, lay.list_file), images_dir, labels_dir)
     for sub, path in (("images", images_dir), ("labels", labels_dir)):
         if not os.path.isdir(path):
-            raise DatasetError(f"{key}.{sub}: folder {path} not found (split '{split}' of data.root {root})")
+            raise DatasetError(f"{key}.{sub}: folder {path} not found")
     images = sorted(os.path.join(d, f) for d, _, files in os.walk(images_dir) for f in files
                     if f.endswith(fc.image_suffix))
     if not images:

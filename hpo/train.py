@@ -293,6 +293,7 @@ class RunTracker:
 
 # --- CLI ------------------------------------------------------------------------------------
 def main(argv=None) -> int:
+    from datasets import preflight
     from hpo.engine import DivergenceError
 
     args = parse_args(argv)
@@ -302,6 +303,7 @@ def main(argv=None) -> int:
         if args.seed is not None:
             cfg["seed"] = args.seed
         cfg = normalize(cfg)
+        preflight(cfg)                  # a folder dataset's files, before an MLflow run exists
         out = Path(args.out or Path("runs") / Path(args.config).stem)
         if args.resume and read_done(out) is not None:
             print(f"{out}: this run already finished (remove {out / DONE} to evaluate again)")
