@@ -5,9 +5,9 @@ official-format export. Plain PyTorch + OpenCV + NumPy.
 Note: this package shadows Hugging Face's `datasets`; nothing here depends on that one.
 """
 
-from .build import build
+from .build import build, label_space
 from .bundle import DataBundle
 from .errors import DatasetError
 from .folder import preflight
 
-__all__ = ["build", "DataBundle", "DatasetError", "preflight"]
+__all__ = ["build", "label_space", "DataBundle", "DatasetError", "preflight"]

@@ -14,6 +14,7 @@ The augmentation seed is the run config's top-level `seed`.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import cityscapes, cityscapes_labels, folder, pascal_context
@@ -29,6 +30,19 @@ def _loader_kwargs(workers: int) -> dict:
     if workers > 0:
         kw.update(persistent_workers=True, worker_init_fn=worker_init)
     return kw
+
+
+def label_space(cfg: dict) -> tuple[list[str], np.ndarray]:
+    """(class names in label order, (num_classes, 3) uint8 RGB palette) of the run config's dataset,
+    without reading any file: what reports and pictures name and colour classes by."""
+    dc = parse_data_config(cfg)
+    if dc.name in folder.NAMES:
+        fc = dc.folder
+        palette = np.asarray(fc.palette, np.uint8) if fc.palette is not None else folder.default_palette(len(fc.classes))
+        return list(fc.classes), palette
+    if dc.name == "pascal_context":
+        return list(pascal_context.CLASS_NAMES), pascal_context.PALETTE
+    return list(cityscapes_labels.CLASS_NAMES), cityscapes_labels.PALETTE
 
 
 def build(cfg: dict) -> DataBundle:

@@ -3,7 +3,10 @@
 Evaluates a checkpoint on the config's val split: mIoU and per-class IoU, single-scale or with
 multi-scale + flip TTA (`eval.scales`), sliding window when `eval.sliding` is on. With
 `--export-dir` it writes predictions in the official Cityscapes evaluator's format (label-id
-PNGs named after the ground truth) under `DIR/labelIds/` and colour overlays under `DIR/overlays/`.
+PNGs named after the ground truth) under `DIR/labelIds/` and colour overlays under `DIR/overlays/`;
+for a folder dataset (`folder`, `camvid`) and Pascal-Context the predictions are class-index PNGs
+(the order of the dataset's classes) under `DIR/labels/`. Per-class IoU and overlays use the
+dataset's class names and palette.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def parse_args(argv=None):
 @torch.no_grad()
 def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | None = None) -> dict:
     import datasets
-    from datasets.export import export_cityscapes, overlay
+    from datasets.export import export_cityscapes, overlay, save_png
     from datasets.metrics import ConfusionMatrix
     from datasets.transforms import denormalize
     from hpo.engine import load_model_weights, predict, resolve_device
@@ -51,7 +54,10 @@ def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | No
         if out is not None:
             for i, name in enumerate(batch["name"]):
                 p = pred[i].cpu().numpy().astype(np.uint8)
-                export_cityscapes(p, name, out / "labelIds")
+                if data.name in ("cityscapes", "synthetic"):
+                    export_cityscapes(p, name, out / "labelIds")
+                else:                       # class indices, named after the image
+                    save_png(str(out / "labels" / f"{name}.png"), p)
                 pic = overlay(denormalize(batch["image"][i]), p, data.palette)
                 (out / "overlays").mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(out / "overlays" / (Path(name).stem + ".png")), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
@@ -87,7 +93,8 @@ def main(argv=None) -> int:
           f"[always predicting the majority class: mIoU {base['miou']:.2f}, pixel acc {base['pixel_acc']:.2f}]")
     print(per_class_lines(res["per_class_iou"]))
     if args.export_dir:
-        print(f"predictions written to {args.export_dir}/labelIds and {args.export_dir}/overlays")
+        labels = "labelIds" if cfg["data"]["name"] in ("cityscapes", "synthetic") else "labels"
+        print(f"predictions written to {args.export_dir}/{labels} and {args.export_dir}/overlays")
     return 0
 
 

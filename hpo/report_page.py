@@ -6,7 +6,8 @@
   that changes between short and long training shows up (hpo/sensitivity.py);
 - slice plots (score vs each knob; early-stopped trials hollow orange), a parallel-coordinate plot
   (Optuna's; early-stopped dotted), learning curves coloured by status with the rung boundaries,
-  the rung self-check table and the leaderboard;
+  the rung self-check table, the leaderboard and the best trials' per-class IoU (the dataset's class
+  names and palette);
 - `report.html` (self-contained, figures embedded as base64 PNG) plus the PNGs, into `out`
   (default `<ray results>/report/`), logged to the search's MLflow parent run under `report/`, so
   it opens from `mlflow ui`.
@@ -234,6 +235,37 @@ def _img(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
 
 
+def per_class_html(search: SearchHandle, top: int = 3) -> str | None:
+    """Per-class IoU (`iou_<class>` of the final evaluation) of the best full-budget trials, in the
+    dataset's class order with its palette colours; None when no trial logged them."""
+    from datasets import label_space
+
+    if search.client is None:
+        return None
+    names, palette = label_space(search.spec.base)
+    run_of = {t.trial_id: t.run_id for t in search.trials}
+    cols = []
+    for row in search.leaderboard():
+        if row["status"] != "completed" or not run_of.get(row["trial"]) or len(cols) == top:
+            continue
+        try:
+            metrics = search.client.get_run(run_of[row["trial"]]).data.metrics
+        except Exception:  # noqa: BLE001 - a store out of reach: the table is left out
+            return None
+        if any(f"iou_{n}" in metrics for n in names):
+            cols.append((row["rank"], row["trial"], metrics))
+    if not cols:
+        return None
+    head = "<th>class</th>" + "".join(f"<th>#{rank} {html.escape(trial)}</th>" for rank, trial, _ in cols)
+    body = ""
+    for name, colour in zip(names, palette):
+        swatch = (f"<span style='display:inline-block;width:.9em;height:.9em;margin-right:.4em;"
+                  f"background:rgb({int(colour[0])},{int(colour[1])},{int(colour[2])})'></span>")
+        cells = "".join(f"<td>{m[f'iou_{name}']:.2f}</td>" if f"iou_{name}" in m else "<td>–</td>" for _, _, m in cols)
+        body += f"<tr><td style='text-align:left'>{swatch}{html.escape(name)}</td>{cells}</tr>"
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}
@@ -321,6 +353,11 @@ def render_html(search: SearchHandle, table: dict, figures: dict[str, Path], mis
              None if r["cost"] is None else round(r["cost"]), r["status"].replace("_", "-")] for r in search.leaderboard()]
     parts.append(_table(["rank", "trial", *keys, f"best {search.metric}", "last", "epochs",
                          f"{book.unit}-seconds", "status"], rows))
+    classes = per_class_html(search)
+    if classes:
+        parts.append("<h2>Per-class IoU</h2><p>The final evaluation of the best full-budget trials, per class "
+                     "of the dataset (<code>iou_&lt;class&gt;</code> on each trial's MLflow run; "
+                     "– : the class is absent from the val split and never predicted).</p>" + classes)
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -317,9 +317,54 @@ def test_corrupt_file_fails_only_its_trial(ray_local, tmp_path, capsys, monkeypa
     assert by_root[str(good)].data.tags["status"] == "completed"
     assert "final_val_miou" in by_root[str(good)].data.metrics
     assert set(k for k in by_root[str(good)].data.metrics if k.startswith("iou_")) <= {f"iou_{c}" for c in CLASSES}
+    from hpo.report_page import per_class_html
+    from hpo.search_handle import find_search
+
+    table = per_class_html(find_search("corrupt", storage_path=str(tmp_path / "ray_results"),
+                                       tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    assert [table.index(f">{c}</td>") for c in CLASSES] == sorted(table.index(f">{c}</td>") for c in CLASSES)
     failed = by_root[str(bad)].data.tags
     assert failed["status"] == "failed"
     assert f"{corrupt}: cannot decode image (corrupt or not an image)" in failed["error"]
+
+
+# --- class names and palette everywhere -----------------------------------------------------------
+def test_train_and_evaluate_use_the_dataset_class_names_and_palette(tmp_path, capsys, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from hpo import evaluate, train
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    make_folder_dataset(root)
+    cfg = folder_cfg(root, palette=PALETTE)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    uri = f"sqlite:///{tmp_path}/ml.db"
+    assert train.main([str(path), "--out", str(tmp_path / "out"), "--tracking-uri", uri,
+                       "--experiment", "folder"]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split()[0] for line in printed.splitlines()[-3:]] == CLASSES     # the per-class table
+    client = MlflowClient(uri)
+    run, = client.search_runs([client.get_experiment_by_name("folder").experiment_id])
+    assert {k for k in run.data.metrics if k.startswith("iou_")} <= {f"iou_{c}" for c in CLASSES}
+    assert any(k.startswith("iou_") for k in run.data.metrics)
+
+    export = tmp_path / "export"
+    assert evaluate.main([str(path), "--checkpoint", str(tmp_path / "out" / "last.pt"), "--export-dir",
+                          str(export)]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split()[0] for line in printed.splitlines()[1:4]] == CLASSES
+    assert f"{export}/labels" in printed
+    for i in range(2):
+        pred = cv2.imread(str(export / "labels" / f"img_{i}.png"), cv2.IMREAD_UNCHANGED)
+        assert pred.shape == (SIZE, SIZE) and set(np.unique(pred).tolist()) <= {0, 1, 2}
+        over = cv2.cvtColor(cv2.imread(str(export / "overlays" / f"img_{i}.png")), cv2.COLOR_BGR2RGB)
+        image = cv2.cvtColor(cv2.imread(str(root / "images" / "val" / f"img_{i}.png")), cv2.COLOR_BGR2RGB)
+        # an overlay pixel is the blend of the image and the palette colour of the predicted class
+        y, x = 5, 7
+        want = np.rint(0.5 * image[y, x].astype(float) + 0.5 * np.array(PALETTE[pred[y, x]]))
+        np.testing.assert_allclose(over[y, x], want, atol=2)
 
 
 # --- CamVid --------------------------------------------------------------------------------------
