@@ -43,7 +43,7 @@ import copy
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
@@ -93,9 +93,9 @@ class FolderConfig(_Strict):
     image_suffix: str = Field(".png", min_length=1)
     label_suffix: str = Field(".png", min_length=1)
     classes: list[str] = Field(min_length=1, max_length=255)
-    palette: list[tuple[int, int, int]] | None = None
+    palette: list[list[int]] | None = None
     ignore_index: int | None = Field(255, ge=0, le=65535)
-    label_map: dict[int | str, int | Literal["ignore"]] = {}
+    label_map: dict[int | str, Any] = {}
 
     @field_validator("classes")
     @classmethod
@@ -115,9 +115,9 @@ class FolderConfig(_Strict):
         if v is None:
             return v
         for i, c in enumerate(v):
-            if not all(0 <= x <= 255 for x in c):
+            if len(c) != 3 or not all(0 <= x <= 255 for x in c):
                 raise ValueError(f"colour {i} {list(c)}: expected [r, g, b] in 0..255")
-        if len(set(v)) != len(v):
+        if len({tuple(c) for c in v}) != len(v):
             raise ValueError("colours must be distinct (colour label maps are decoded through them)")
         return v
 
@@ -128,6 +128,8 @@ class FolderConfig(_Strict):
             raise ValueError(f"palette: {len(self.palette)} colours for {n} classes")
         for key, target in self.label_map.items():
             lo, hi, _ = parse_map_key(key)
+            if target != "ignore" and (not isinstance(target, int) or isinstance(target, bool)):
+                raise ValueError(f"label_map.{key}: expected a class index or ignore, got {target!r}")
             if target != "ignore" and not (0 <= target and target + (hi - lo) < n):
                 what = f"{lo}..{hi} -> {target}..{target + hi - lo}" if hi > lo else f"-> {target}"
                 raise ValueError(f"label_map.{key}: {what} is not a class index 0..{n - 1} or ignore")
