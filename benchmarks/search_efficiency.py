@@ -1,30 +1,31 @@
-"""Search efficiency on the replay: random search vs ASHA (+ random / TPE, feedbacks, schedules).
+"""Search efficiency on every curve table: random search vs ASHA vs calibrated early stopping.
 
-    python -m benchmarks.search_efficiency                  # 50 paired seeds, all methods (minutes)
-    python -m benchmarks.search_efficiency --seeds 100 --write   # also replace the RESULTS.md section + plot
+    python -m benchmarks.search_efficiency                        # every table in benchmarks/tables/, 50 seeds
+    python -m benchmarks.search_efficiency --table my.npz --seeds 20
+    python -m benchmarks.search_efficiency --write                 # also replace the RESULTS.md section + plots
 
-Every search is `hpo.replay` over the tabulated learning curves of the embedded task
-(`benchmarks/tables/msglore_toy_curves.npz`, built by `python -m benchmarks.curve_table`): the real
-HonestOptunaSearch / Optuna sampler / Ray ASHAScheduler, in simulated time. That makes 50+ seeds
-per method cheap, which is what resolving differences between methods takes.
+Every search is `hpo.replay` over a table of learning curves (format: docs/replay.md): the real
+HonestOptunaSearch, Optuna sampler and scheduler (hpo.calibrated.make_scheduler: Ray's ASHAScheduler
+or CalibratedASHA), in simulated time. The methods differ only in sampler and scheduler; everything
+else is what `hpo.replay --table FILE` replays by default (the demo space's settings:
+`hpo.replay.table_settings`), so the row "calibrated ASHA + TPE" is the shipped default search.
 
 Protocol (fixed before looking at results):
-- Budget: `--budget` epochs per search (default 64 full trainings = 576 epochs), 4 trials at a time.
-  Every delivered validation is one epoch. Each method's search ends when the budget is spent.
+- Budget: `--budget` full trainings per search (default 64, in epochs; the regret at half of it, 32
+  full trainings, is a column too); every validation costs the epochs since the previous one. A
+  search ends when the budget is spent.
 - Seeds are paired: seed k drives the sampler and the training-seed draws of every method.
-- What a search returns: its completed trial with the best *observed* final score (the
-  leaderboard's pick); its quality: that config's final score averaged over the 2 tabulated
-  training seeds, under the schedule the method trains with.
-- Target, per LR schedule: the top 2% (98th percentile) of the tabulated configs' qualities under
-  that schedule; "epochs to target": epochs spent when the returned config's quality first reaches
-  it. A search that never does is censored at the budget (infinity; medians can be censored).
-- Regret: best quality under the method's schedule minus the returned config's quality, at every
-  epoch. Search efficiency is judged within a training recipe; the returned config's absolute mIoU
-  is reported beside it to compare recipes.
-- Statistics: medians over seeds with bootstrap 95% intervals (2000 resamples of the seeds, bounds
-  taken as order statistics so censored runs stay infinite); the ratio to random search is the
-  ratio of medians, bootstrapped over paired seeds, against random full-budget search under the
-  same LR schedule where the table has it (wsd), else under poly (the papers' schedule).
+- What a search returns: its completed trial with the best *observed* final score (the leaderboard's
+  pick); its quality: that config's final score averaged over the table's training seeds.
+- Target: the top 2% (98th percentile) of the configs' qualities. "Epochs to target": epochs spent
+  when the returned config's quality first reaches it; a search that never does is censored
+  (infinite; medians can be censored).
+- Regret: best quality in the table minus the returned config's quality, at every epoch.
+- Statistics: medians over seeds with bootstrap 95% intervals (2000 resamples, order-statistic
+  bounds so censored runs stay infinite); ratios of medians against random full-budget search over
+  paired seeds (random's censored runs counted as the budget, so a ratio is an upper bound when
+  random search often misses the target); the paired difference of final regrets (method - random)
+  with its bootstrap interval.
 """
 
 from __future__ import annotations
@@ -44,63 +45,20 @@ import numpy as np
 from benchmarks.results import write_section
 
 REPO = Path(__file__).resolve().parents[1]
-HEADING = "## Search efficiency on the replay (tabulated curves, paired seeds)"
-PLOT = REPO / "benchmarks" / "img" / "regret_curves.png"
+TABLES = REPO / "benchmarks" / "tables"
+HEADING = "## Search efficiency on every curve table (replay, paired seeds)"
 RANDOM = "random, full budget"
+SHIPPED = "calibrated ASHA + TPE (shipped default)"
 
-# The paper's point (msglore: N3/N4/N5 = 11/21/32, alpha = 0.7; the demo's lr) as knob defaults
-# (hpo/priors.py): evaluated first, and with a prior share, a share of trials drawn around it.
-PAPER = {"model.selection.n3": 11, "model.selection.n4": 21, "model.selection.n5": 32,
-         "loss.aux_weights.selection": 0.7, "optim.lr": 0.02}
-
-# label -> (table schedule, rungs see annealed forks, ReplaySettings overrides)
+# label -> ReplaySettings overrides of the shipped default's settings
 METHODS = {
-    RANDOM: ("poly", False, dict(sampler="random", scheduler="none")),
-    "ASHA + random": ("poly", False, dict(sampler="random")),
-    "ASHA + TPE, feedback complete (Ray default)": ("poly", False, dict(sampler="tpe", feedback="complete")),
-    "ASHA + TPE, feedback pruned (ctxtune)": ("poly", False, dict(sampler="tpe")),
-    "ASHA grace 3 + TPE": ("poly", False, dict(sampler="tpe", grace_period=3)),
-    "ASHA 3 brackets + TPE": ("poly", False, dict(sampler="tpe", brackets=3)),
-    "ASHA + TPE, poly + annealed rungs": ("poly", True, dict(sampler="tpe")),
-    "random, full budget, wsd": ("wsd", False, dict(sampler="random", scheduler="none")),
-    "random, full budget, rung_poly": ("rung_poly", False, dict(sampler="random", scheduler="none")),
-    "ASHA + random, wsd + annealed rungs": ("wsd", True, dict(sampler="random")),
-    "ASHA + TPE, wsd + annealed rungs": ("wsd", True, dict(sampler="tpe")),
-    "ASHA + TPE, rung_poly": ("rung_poly", False, dict(sampler="tpe")),
-    "ASHA grace 3 + random": ("poly", False, dict(sampler="random", grace_period=3)),
-    "ASHA grace 3 + TPE, poly + annealed rungs": ("poly", True, dict(sampler="tpe", grace_period=3)),
-    "ASHA grace 3 + TPE, wsd + annealed rungs": ("wsd", True, dict(sampler="tpe", grace_period=3)),
-    "ASHA grace 3 + TPE, rung_poly": ("rung_poly", False, dict(sampler="tpe", grace_period=3)),
-    "random + paper prior 0.2, full budget": ("poly", False, dict(sampler="random", scheduler="none",
-                                                                   defaults=PAPER, prior_share=0.2)),
-    "ASHA grace 3 + TPE, paper point first": ("poly", False, dict(sampler="tpe", grace_period=3, defaults=PAPER,
-                                                                   prior_share=0.0)),
-    "ASHA grace 3 + TPE, paper prior 0.2": ("poly", False, dict(sampler="tpe", grace_period=3, defaults=PAPER,
-                                                                 prior_share=0.2)),
-    "ASHA grace 3 + TPE, paper prior 0.5": ("poly", False, dict(sampler="tpe", grace_period=3, defaults=PAPER,
-                                                                 prior_share=0.5)),
-    "ASHA + TPE, paper prior 0.2": ("poly", False, dict(sampler="tpe", defaults=PAPER, prior_share=0.2)),
-    "ASHA grace 3 + TPE, paper prior 0.5 fading (decay 10)": ("poly", False, dict(
-        sampler="tpe", grace_period=3, defaults=PAPER, prior_share=0.5, prior_decay=10)),
+    RANDOM: dict(sampler="random", scheduler="none"),
+    "TPE, full budget": dict(sampler="tpe", scheduler="none"),
+    "ASHA + random": dict(sampler="random", scheduler="asha", trust="raw"),
+    "ASHA + TPE": dict(sampler="tpe", scheduler="asha", trust="raw"),
+    "calibrated ASHA + random": dict(sampler="random", scheduler="asha", trust="calibrated"),
+    SHIPPED: dict(sampler="tpe", scheduler="asha", trust="calibrated"),
 }
-BASE = dict(grace_period=1, reduction_factor=3, max_concurrent=4)
-
-
-def _sources(table: Path) -> dict:
-    from hpo.replay import from_table
-
-    return {(sched, ann): from_table(table, sched, ann) for sched, ann, _ in METHODS.values()}
-
-
-def targets(sources: dict, quantile: float = 0.98) -> dict[str, tuple[float, float]]:
-    """Per LR schedule: (top-quantile target, best quality) over the table's configs."""
-    out = {}
-    for (sched, _), src in sources.items():
-        q = src.quality()
-        q = q[np.isfinite(q)]
-        out[sched] = (float(np.quantile(q, quantile)), float(q.max()))
-    return out
-
 
 _WORK: dict = {}
 
@@ -108,51 +66,50 @@ _WORK: dict = {}
 def _init(table: str) -> None:
     import warnings
 
+    from hpo.replay import from_table
+
     warnings.filterwarnings("ignore")
-    _WORK["sources"] = _sources(Path(table))
-    _WORK["targets"] = targets(_WORK["sources"])
+    src = from_table(Path(table))
+    q = src.quality()
+    q = q[np.isfinite(q)]
+    _WORK.update(source=src, target=float(np.quantile(q, 0.98)), best=float(q.max()))
 
 
-def run_one(job: tuple[str, int, int]) -> dict:
+def run_one(job: tuple[str, str, int, int]) -> dict:
     """One (method, seed) replay: epochs to target, regret curve on a grid, final regret."""
-    from hpo.replay import ReplaySettings, replay
+    from hpo.replay import replay, table_settings
 
-    method, seed, budget = job
-    sched, ann, over = METHODS[method]
-    source = _WORK["sources"][(sched, ann)]
-    settings = ReplaySettings(seed=seed, budget_epochs=budget, num_samples=budget, **{**BASE, **over})
+    table, method, seed, budget = job
+    source = _WORK["source"]
+    settings = table_settings(source)
+    for k, v in {**METHODS[method], "seed": seed, "budget_epochs": budget, "num_samples": None}.items():
+        setattr(settings, k, v)
     t0 = time.perf_counter()
     res = replay(source, settings)
-    target = _WORK["targets"][sched][0]
     grid = np.linspace(0, budget, 65).astype(int)
-    hit = res.epochs_to(target)
+    hit = res.epochs_to(_WORK["target"])
     final_regret = res.regret_at(budget)
-    return {"method": method, "seed": seed, "epochs_to_target": hit if hit is not None else math.inf,
+    modes = {}
+    for rung, st in getattr(res.scheduler, "rungs", {}).items():
+        modes[rung] = (st.mode, st.cut, st.kept)
+    return {"table": table, "method": method, "seed": seed, "epochs_to_target": hit if hit is not None else math.inf,
             "regret": [res.regret_at(int(e)) for e in grid], "grid": grid.tolist(),
-            "final_regret": final_regret, "final_quality": res.best_quality - final_regret,
-            "trials": len(res.trials),
+            "final_regret": final_regret, "trials": len(res.trials), "modes": modes,
             "completed": sum(t.status == "completed" for t in res.trials), "seconds": time.perf_counter() - t0}
 
 
-def bootstrap_median(x: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap(stat, *arrays: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """stat(*arrays) with its bootstrap 95% interval over paired resamples (inf allowed)."""
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), (n, len(x)))
-    meds = np.median(x[idx], axis=1)
-    # lower/higher, not interpolated: censored runs are inf, and inf - inf would make the bound NaN
-    return (float(np.median(x)), float(np.percentile(meds, 2.5, method="lower")),
-            float(np.percentile(meds, 97.5, method="higher")))
-
-
-def bootstrap_ratio(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """median(a) / median(b) over paired seeds, with its bootstrap 95% interval (inf allowed)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), (n, len(a)))
+    idx = rng.integers(0, len(arrays[0]), (n, len(arrays[0])))
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
-        point = float(np.median(a) / np.median(b))
-    ratios = np.where(np.isnan(ratios), np.inf, ratios)      # inf / inf: both censored
-    return (point if point == point else math.inf, float(np.percentile(ratios, 2.5, method="lower")),
-            float(np.percentile(ratios, 97.5, method="higher")))
+        point = stat(*arrays)
+        boots = np.array([stat(*(a[i] for a in arrays)) for i in idx])
+    boots = np.where(np.isnan(boots), np.inf, boots)          # inf / inf, inf - inf: censored both ways
+    point = point if point == point else math.inf
+    # lower/higher, not interpolated: censored runs are inf, and inf - inf would make a bound NaN
+    return (float(point), float(np.percentile(boots, 2.5, method="lower")),
+            float(np.percentile(boots, 97.5, method="higher")))
 
 
 def _f(v: float, d: int = 0) -> str:
@@ -164,47 +121,73 @@ def _f(v: float, d: int = 0) -> str:
 def summarize(runs: list[dict]) -> tuple[str, dict]:
     by = {m: sorted((r for r in runs if r["method"] == m), key=lambda r: r["seed"]) for m in METHODS}
     by = {m: rs for m, rs in by.items() if rs}
-    def baseline(m: str) -> str:
-        """Random full-budget search under the same schedule where the table has one, else poly's."""
-        same = next((b for b in by if b.startswith(RANDOM) and METHODS[b][0] == METHODS[m][0]), None)
-        return same or RANDOM
-
-    lines = ["| method | schedule (rung score) | median epochs to target [95% CI] | × random, same schedule [95% CI] | "
-             "censored | median final regret [95% CI] | mean final regret | median mIoU of the returned config | "
-             "trials per search |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rand_e = np.array([r["epochs_to_target"] for r in by[RANDOM]], float)
+    # Random search censored at the budget needed more epochs than that: counting them as the budget
+    # makes the ratio to random an upper bound (conservative for the other methods).
+    budget = by[RANDOM][0]["grid"][-1]
+    rand_floor = np.minimum(rand_e, budget)
+    rand_r = np.array([r["final_regret"] for r in by[RANDOM]], float)
+    lines = ["| method | median epochs to target [95% CI] | × random [95% CI] | censored | "
+             "median final regret [95% CI] | final regret − random's, median of pairs [95% CI] | "
+             "mean final regret | median regret at half the budget | trials per search |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     info = {}
     for m, rs in by.items():
-        sched, ann, _ = METHODS[m]
         e = np.array([r["epochs_to_target"] for r in rs], float)
         reg = np.array([r["final_regret"] for r in rs], float)
-        med, lo, hi = bootstrap_median(e)
-        rmed, rlo, rhi = bootstrap_median(reg)
-        base = baseline(m)
-        rand = np.array([r["epochs_to_target"] for r in by[base]], float)
-        ratio = bootstrap_ratio(e, rand) if not m.startswith(RANDOM) else None
-        info[m] = {"median": med, "ratio": ratio, "final_regret": rmed, "censored": int(np.isinf(e).sum()),
-                   "n": len(rs), "baseline": base}
-        lines.append(f"| {m} | {sched}{' (annealed fork)' if ann else ''} | {_f(med)} [{_f(lo)}, {_f(hi)}] | "
-                     + (f"{_f(ratio[0], 2)} [{_f(ratio[1], 2)}, {_f(ratio[2], 2)}]"
-                        if ratio else "baseline") +
-                     f" | {int(np.isinf(e).sum())}/{len(rs)} | {rmed:.2f} [{rlo:.2f}, {rhi:.2f}] | "
-                     f"{np.mean(reg[np.isfinite(reg)]) if np.isfinite(reg).any() else math.nan:.2f} | "
-                     f"{np.median([r['final_quality'] for r in rs]):.2f} | {np.mean([r['trials'] for r in rs]):.0f} |")
+        med = bootstrap(np.median, e)
+        rmed = bootstrap(np.median, reg)
+        ratio = bootstrap(lambda a, b: np.median(a) / np.median(b), e, rand_floor) if m != RANDOM else None
+        diff = bootstrap(lambda a, b: np.median(a - b), reg, rand_r) if m != RANDOM else None
+        info[m] = {"median": med[0], "ratio": ratio, "regret": rmed, "diff": diff,
+                   "censored": int(np.isinf(e).sum()), "n": len(rs)}
+        lines.append(f"| {m} | {_f(med[0])} [{_f(med[1])}, {_f(med[2])}] | "
+                     + (f"{_f(ratio[0], 2)} [{_f(ratio[1], 2)}, {_f(ratio[2], 2)}]" if ratio else "baseline")
+                     + f" | {int(np.isinf(e).sum())}/{len(rs)} | {rmed[0]:.2f} [{rmed[1]:.2f}, {rmed[2]:.2f}] | "
+                     + (f"{diff[0]:+.2f} [{diff[1]:+.2f}, {diff[2]:+.2f}]" if diff else "baseline")
+                     + f" | {np.mean(reg[np.isfinite(reg)]) if np.isfinite(reg).any() else math.nan:.2f} | "
+                     f"{_f(float(np.median([r['regret'][len(r['grid']) // 2] for r in rs])), 2)} | "
+                     f"{np.mean([r['trials'] for r in rs]):.0f} |")
     return "\n".join(lines), info
 
 
-def plot(runs: list[dict], path: Path, budget: int) -> None:
+def verdict(info: dict) -> str:
+    m = info.get(SHIPPED)
+    if not m:
+        return "shipped default not run"
+    r, d = m["ratio"], m["diff"]
+    regret_ok = d[1] <= 0 <= d[2] or d[2] < 0
+    speed_ok = r[0] <= 0.5 and r[2] < 1.0
+    return (f"shipped default: {_f(r[0], 2)}{'' if math.isinf(r[0]) else 'x'} random's median epochs to the target "
+            f"[{_f(r[1], 2)}, {_f(r[2], 2)}] (goal <= 0.5x, interval below 1: {'met' if speed_ok else 'missed'}); "
+            f"final regret minus random's {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] (goal: interval includes or is "
+            f"below 0: {'met' if regret_ok else 'missed'})")
+
+
+def mode_summary(runs: list[dict], method: str) -> str:
+    """How often the calibrated scheduler ended each rung in each mode, and its cuts."""
+    rs = [r for r in runs if r["method"] == method and r["modes"]]
+    if not rs:
+        return ""
+    parts = []
+    for rung in sorted({k for r in rs for k in r["modes"]}):
+        got = [r["modes"][rung] for r in rs if rung in r["modes"]]
+        counts = {mo: sum(g[0] == mo for g in got) for mo in ("pass", "raw", "predicted")}
+        cut = sum(g[1] for g in got) / len(got)
+        kept = sum(g[2] for g in got) / len(got)
+        parts.append(f"validation {rung}: last mode pass/raw/predicted in {counts['pass']}/{counts['raw']}/"
+                     f"{counts['predicted']} searches, {cut:.1f} cut and {kept:.1f} went on per search")
+    return f"{method}: " + "; ".join(parts)
+
+
+def plot(runs: list[dict], path: Path, budget: int, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    show = [RANDOM, "ASHA + random", "ASHA + TPE, feedback pruned (ctxtune)", "ASHA grace 3 + TPE",
-            "random, full budget, wsd", "ASHA + TPE, wsd + annealed rungs", "ASHA grace 3 + TPE, wsd + annealed rungs",
-            "ASHA + TPE, rung_poly"]
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    for m in show:
+    for m in METHODS:
         rs = [r for r in runs if r["method"] == m]
         if not rs:
             continue
@@ -215,87 +198,99 @@ def plot(runs: list[dict], path: Path, budget: int) -> None:
         ok = np.isfinite(med)
         line, = ax.plot(grid[ok], med[ok], label=m, lw=1.8, ls="--" if m.startswith("random") else "-")
         okb = np.isfinite(q3) & np.isfinite(q1)
-        ax.fill_between(grid[okb], q1[okb], q3[okb], color=line.get_color(), alpha=0.12)
+        ax.fill_between(grid[okb], q1[okb], q3[okb], color=line.get_color(), alpha=0.10)
     ax.set_xlabel("epochs spent by the search")
-    ax.set_ylabel("regret (mIoU, best config of its schedule − returned)")
-    ax.set_title(f"Median regret over paired seeds (band: quartiles); budget {budget} epochs")
+    ax.set_ylabel("regret (best config − returned)")
+    ax.set_title(f"{title}: median regret over paired seeds (band: quartiles)", fontsize=9)
     ax.set_xlim(0, budget)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    from hpo.replay import DEFAULT_TABLE
+def rank_summary(table: Path) -> str:
+    """Spearman(validation score, final score of the same training seed) at a few validations."""
+    from hpo.calibrated import spearman
+    from hpo.replay import from_table
 
+    src = from_table(table)
+    picks = sorted({1, 2, 3, max(1, src.max_t // 3), max(1, 2 * src.max_t // 3)} - {src.max_t})
+    cells = []
+    for v in picks:
+        rhos = []
+        for k in range(src.curves.shape[1]):
+            a, b = src.curves[:, k, v - 1], src.finals[:, k]
+            ok = np.isfinite(a) & np.isfinite(b)
+            rhos.append(spearman(a[ok], b[ok]))
+        cells.append(f"epoch {src.epochs[v - 1]}: {np.nanmean(rhos):.2f}")
+    q = src.quality()
+    spread = np.nanmedian(np.abs(src.finals[:, 0] - src.finals[:, 1])) if src.finals.shape[1] > 1 else math.nan
+    return (f"rank correlation with the final score (same seed): {', '.join(cells)}; final seed-to-seed "
+            f"spread {spread:.2f}; qualities: best {np.nanmax(q):.2f}, top 2% {np.nanquantile(q, 0.98):.2f}, "
+            f"median {np.nanmedian(q):.2f}")
+
+
+def run_table(table: Path, seeds: int, budget_trainings: int, workers: int, methods: list[str]) -> tuple[list, int]:
+    from hpo.replay import from_table
+
+    budget = budget_trainings * int(from_table(table).epochs[-1])
+    jobs = [(str(table), m, s, budget) for s in range(seeds) for m in methods]
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(workers, initializer=_init, initargs=(str(table),)) as pool:
+        runs = []
+        for k, r in enumerate(pool.imap_unordered(run_one, jobs), 1):
+            runs.append(r)
+            if k % 50 == 0:
+                print(f"[{time.perf_counter() - t0:5.0f} s] {table.name}: {k}/{len(jobs)} replays",
+                      file=sys.stderr, flush=True)
+    return runs, budget
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.search_efficiency", description=__doc__.splitlines()[0])
-    p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
+    p.add_argument("--table", type=Path, action="append", help="a curve table (repeatable; default: every "
+                                                                 "table in benchmarks/tables/)")
     p.add_argument("--seeds", type=int, default=50, help="paired seeds per method (default 50)")
-    p.add_argument("--budget", type=int, help="epochs per search (default 64 full trainings)")
+    p.add_argument("--budget", type=int, default=64, help="full trainings per search (default 64)")
     p.add_argument("--methods", help="comma list of method numbers (1-based, default: all)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
-    p.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md + the plot")
+    p.add_argument("--write", action="store_true", help="replace this section of benchmarks/RESULTS.md + the plots")
     args = p.parse_args(argv)
     names = list(METHODS)
     methods = names if not args.methods else [names[int(i) - 1] for i in args.methods.split(",")]
     if RANDOM not in methods:
         methods.insert(0, RANDOM)
-    _init(str(args.table))
-    sources, tgt = _WORK["sources"], _WORK["targets"]
-    max_t = next(iter(sources.values())).max_t
-    budget = args.budget or 64 * max_t
-    jobs = [(m, s, budget) for s in range(args.seeds) for m in methods]
-    t0 = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.workers, initializer=_init, initargs=(str(args.table),)) as pool:
-        runs = []
-        for k, r in enumerate(pool.imap_unordered(run_one, jobs), 1):
-            runs.append(r)
-            if k % 50 == 0:
-                print(f"[{time.perf_counter() - t0:5.0f} s] {k}/{len(jobs)} replays", file=sys.stderr, flush=True)
-    wall = time.perf_counter() - t0
-    table, info = summarize(runs)
-    from benchmarks.curve_table import rank_table
-
-    n_cfg = next(iter(sources.values())).curves.shape[0]
-    verdict = []
-    for m in [m for m in info if "TPE" in m]:
-        if m in info and info[m]["ratio"]:
-            r = info[m]["ratio"]
-            base = info[m]["baseline"]
-            ok = r[0] <= 0.5 and r[2] < 1.0 and info[m]["final_regret"] <= info[base]["final_regret"]
-            verdict.append(f"{m}: {_f(r[0], 2)}{'' if math.isinf(r[0]) else 'x'} the median epochs of {base} [{_f(r[1], 2)}, {_f(r[2], 2)}], "
-                           f"median final regret {info[m]['final_regret']:.2f} vs {info[base]['final_regret']:.2f} - "
-                           f"goal {'met' if ok else 'missed'}")
+    tables = args.table or sorted(TABLES.glob("*.npz"))
     command = ("python -m benchmarks.search_efficiency " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    section = "\n".join([
-        HEADING, "",
-        f"{datetime.date.today()}, {platform.node()} ({os.cpu_count()} cores). Command: `{command}`, "
-        f"{wall:.0f} s for {len(runs)} replays. Table: `{args.table.relative_to(REPO) if args.table.is_relative_to(REPO) else args.table}` "
-        f"({n_cfg} Sobol configs x 2 training seeds x 3 schedules). Budget {budget} epochs "
-        f"({budget // max_t} full trainings of {max_t} epochs), 4 trials at a time, ASHA grace 1 / rf 3 unless "
-        f"named; {args.seeds} paired seeds per method. Target and regret per LR schedule (a search is judged "
-        f"against the configs of its own training recipe; the mIoU column compares recipes): top 2% of the "
-        f"configs' qualities (mean final score over the 2 training seeds) = "
-        + ", ".join(f"{k} {t:.2f} (best {b:.2f})" for k, (t, b) in tgt.items()) +
-        ". Protocol: module docstring of `benchmarks/search_efficiency.py`.", "",
-        table, "",
-        f"![median regret vs epochs]({PLOT.relative_to(REPO / 'benchmarks')})", "",
-        "Goal (ASHA + TPE <= 0.5x random's median epochs to the target, 95% interval below 1.0, final regret "
-        "<= random's):", "",
-        *[f"- {v}" for v in verdict], "",
-        "What the rungs see (`python -m benchmarks.curve_table --report`): Spearman rank correlation across "
-        "configs between the score at a rung and the final score of the same training seed (what ASHA sees), "
-        "of the other seed (does it predict the config rather than its noise), and between the two seeds' "
-        "scores at the rung.", "",
-        rank_table(args.table),
-    ])
-    print(section)
+    parts = [HEADING, "",
+             f"{datetime.date.today()}, {platform.node()} ({os.cpu_count()} cores). Command: `{command}`. "
+             f"Budget {args.budget} full trainings per search, {args.seeds} paired seeds per method; settings "
+             "otherwise the demo space's (what `python -m hpo.replay --table FILE` replays). Protocol: module "
+             "docstring of `benchmarks/search_efficiency.py`.", ""]
+    printed = 0
+    for table in tables:
+        t0 = time.perf_counter()
+        runs, budget = run_table(table, args.seeds, args.budget, args.workers, methods)
+        text, info = summarize(runs)
+        img = REPO / "benchmarks" / "img" / f"regret_{table.stem}.png"
+        table = table.resolve()
+        name = table.relative_to(REPO) if table.is_relative_to(REPO) else table
+        parts += [f"### `{name}`", "",
+                  f"{rank_summary(table)}. {len(runs)} replays in {time.perf_counter() - t0:.0f} s; budget "
+                  f"{budget} epochs.", "", text, "", f"- {verdict(info)}",
+                  *[f"- {line}" for line in (mode_summary(runs, SHIPPED), mode_summary(runs, "calibrated ASHA + random"))
+                    if line], ""]
+        if args.write:
+            plot(runs, img, budget, table.stem)
+            parts += [f"![median regret vs epochs, {table.stem}]({img.relative_to(REPO / 'benchmarks')})", ""]
+        print("\n".join(parts[printed:]), flush=True)       # each table as soon as it is done
+        printed = len(parts)
+    section = "\n".join(parts)
     if args.write:
-        plot(runs, PLOT, budget)
         write_section(HEADING, section)
     return 0
 

@@ -50,7 +50,12 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "tables" / "msglore_toy_curves.npz"
+from hpo.calibration import to_unit
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_TABLE = REPO / "benchmarks" / "tables" / "msglore_toy_curves.npz"
+DEMO_SPACE = REPO / "search_spaces" / "demo.yaml"
+TABLE_BUDGET = 32          # full trainings a table replay may spend by default
 
 
 class ReplayError(ValueError):
@@ -63,31 +68,43 @@ class CurveSource:
     name: str
     distributions: dict[str, Any]         # dotted key -> optuna distribution (the searched space)
     params: list[dict[str, Any]]          # per config, Optuna-encoded values
-    curves: np.ndarray                    # (configs, seeds, max_t) scheduler metric; NaN = not measured
+    curves: np.ndarray                    # (configs, seeds, validations) scheduler metric; NaN = not measured
     finals: np.ndarray                    # (configs, seeds) full-budget score; NaN = never reached
     diverged_at: np.ndarray               # (configs, seeds) validation that diverged, 0 = none
-    epoch_seconds: np.ndarray             # (configs, seeds[, max_t]) simulated seconds per validation
+    epoch_seconds: np.ndarray             # (configs, seeds[, validations]) simulated seconds per validation
     metric: str = "val_miou"
     mode: str = "max"
+    epochs: np.ndarray | None = None      # epoch of each validation (ascending); default 1, 2, ..., validations
 
     def __post_init__(self):
-        self._unit = np.array([[_unit(self.distributions[k], p.get(k)) for k in self.distributions]
+        self._unit = np.array([[to_unit(self.distributions[k], p.get(k)) for k in self.distributions]
                                for p in self.params], dtype=np.float64)
+        if self.epochs is None:
+            self.epochs = np.arange(1, self.curves.shape[2] + 1)
+        self.epochs = np.asarray(self.epochs, dtype=np.int64)
 
     @property
     def max_t(self) -> int:
         return self.curves.shape[2]
 
+    def cost(self, step: int) -> int:
+        """Epochs trained between validation `step - 1` and validation `step` (1-based)."""
+        return int(self.epochs[step - 1] - (self.epochs[step - 2] if step > 1 else 0))
+
     def seconds(self, config: int, seed: int, step: int) -> float:
         """Simulated duration of validation `step` (1-based) of a (config, seed) run."""
         if self.epoch_seconds.ndim == 3:
             return float(self.epoch_seconds[config, seed, min(step, self.max_t) - 1])
-        return float(self.epoch_seconds[config, seed])
+        return float(self.epoch_seconds[config, seed]) * self.cost(min(step, self.max_t))
 
-    def snap(self, params: dict[str, Any]) -> int:
-        """Index of the nearest known config (unit-cube Euclidean distance)."""
-        x = np.array([_unit(d, params.get(k)) for k, d in self.distributions.items()], dtype=np.float64)
-        return int(np.argmin(np.nansum((self._unit - x) ** 2, axis=1)))
+    def snap(self, params: dict[str, Any], exclude: set[int] | frozenset = frozenset()) -> int:
+        """Index of the nearest known config (unit-cube Euclidean distance), skipping `exclude`
+        unless it holds every config."""
+        x = np.array([to_unit(d, params.get(k)) for k, d in self.distributions.items()], dtype=np.float64)
+        dist = np.nansum((self._unit - x) ** 2, axis=1)
+        if exclude and len(exclude) < len(dist):
+            dist[list(exclude)] = np.inf
+        return int(np.argmin(dist))
 
     def quality(self) -> np.ndarray:
         """Mean final score of every config over its seeds (NaN where no seed reached the end)."""
@@ -98,53 +115,63 @@ class CurveSource:
             return np.nanmean(self.finals, axis=1) if self.finals.size else self.finals
 
 
-def _unit(dist, value) -> float:
-    import optuna
-
-    if value is None:
-        return math.nan
-    if isinstance(dist, optuna.distributions.CategoricalDistribution):
-        return float(dist.choices.index(value)) if value in dist.choices else math.nan
-    low, high = dist.low, dist.high
-    if getattr(dist, "log", False):
-        low, high, value = math.log(low), math.log(high), math.log(value)
-    return 0.0 if high == low else (value - low) / (high - low)
-
-
 # --- sources ---------------------------------------------------------------------------------
 
-def from_table(path: Path = DEFAULT_TABLE, schedule: str = "poly", annealed: bool = False) -> CurveSource:
-    """The tabulated benchmark (benchmarks/curve_table.py) under one LR schedule. `annealed`: the
-    scheduler sees the annealed-evaluation score where the table has one (else the plain one)."""
+def from_table(path: Path = DEFAULT_TABLE, schedule: str | None = None, annealed: bool = False) -> CurveSource:
+    """A tabulated benchmark (format: docs/replay.md) under one of its LR schedules (default: its first).
+    `annealed`: the scheduler sees the annealed-evaluation score where the table has one."""
     import optuna
 
     path = Path(path)
     if not path.is_file():
-        raise ReplayError(f"{path}: table not found (build it with python -m benchmarks.curve_table)")
-    z = np.load(path)
-    meta = json.loads(str(z["meta"]))
-    names = list(meta["schedules"])
+        raise ReplayError(f"{path}: table not found (build one with python -m benchmarks.curve_table)")
+    try:
+        z = np.load(path)
+        meta = json.loads(str(z["meta"]))
+        raw_all = z["raw"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ReplayError(f"{path}: not a curve table ({err}); the format is in docs/replay.md") from None
+    names = list(meta.get("schedules") or ["default"])
+    schedule = schedule or names[0]
     if schedule not in names:
         raise ReplayError(f"--schedule: expected one of {names}, got {schedule!r}")
     si = names.index(schedule)
-    raw = z["raw"][si].astype(np.float64)
+    raw = raw_all[si].astype(np.float64)
     curves = raw.copy()
     if annealed:
+        if "annealed" not in z.files:
+            raise ReplayError(f"--annealed: {path.name} has no annealed scores")
         ann = z["annealed"][si].astype(np.float64)
         curves = np.where(np.isnan(ann), raw, ann)
     dists = {}
     for key, d in meta["space"].items():
         if d["type"] == "int":
-            dists[key] = optuna.distributions.IntDistribution(d["low"], d["high"])
+            dists[key] = optuna.distributions.IntDistribution(d["low"], d["high"], log=d.get("log", False))
+        elif d["type"] == "categorical":
+            dists[key] = optuna.distributions.CategoricalDistribution(d["choices"])
         else:
             dists[key] = optuna.distributions.FloatDistribution(d["low"], d["high"], log=d.get("log", False))
     keys = list(meta["space"])
-    params = [{k: (int(v) if isinstance(dists[k], optuna.distributions.IntDistribution) else float(v))
-               for k, v in zip(keys, row)} for row in z["params"]]
-    epochs = raw.shape[2]
+
+    def value(dist, v):
+        if isinstance(dist, optuna.distributions.IntDistribution):
+            return int(v)
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            return dist.choices[int(v)]          # categoricals are stored as the choice's index
+        return float(v)
+
+    params = [{k: value(dists[k], v) for k, v in zip(keys, row)} for row in z["params"]]
+    validations = raw.shape[2]
+    epochs = np.asarray(meta.get("epochs") or range(1, validations + 1), dtype=np.int64)
+    if len(epochs) != validations or np.any(np.diff(epochs) <= 0) or epochs[0] < 1:
+        raise ReplayError(f"{path.name}: meta.epochs must be {validations} ascending epochs >= 1, got {list(epochs)}")
+    diverged = z["diverged_at"][si].astype(int) if "diverged_at" in z.files else np.zeros(raw.shape[:2], int)
+    seconds = (z["seconds"][si].astype(np.float64) / epochs[-1] if "seconds" in z.files
+               else np.ones(raw.shape[:2]))
     return CurveSource(name=f"{path.name}:{schedule}{'+annealed' if annealed else ''}", distributions=dists,
-                       params=params, curves=curves, finals=raw[:, :, -1], diverged_at=z["diverged_at"][si].astype(int),
-                       epoch_seconds=z["seconds"][si].astype(np.float64) / epochs)
+                       params=params, curves=curves, finals=raw[:, :, -1], diverged_at=diverged,
+                       epoch_seconds=seconds, metric=meta.get("metric", "val_miou"), mode=meta.get("mode", "max"),
+                       epochs=epochs)
 
 
 def from_search(search) -> CurveSource:
@@ -191,9 +218,11 @@ class ReplaySettings:
     sampler: str = "tpe"
     seed: int = 0
     scheduler: str = "asha"              # asha | none
+    trust: str = "calibrated"            # calibrated (hpo/calibrated.py) | raw (Ray's plain ASHA)
+    calibration: dict = field(default_factory=dict)   # scheduler.calibration settings
     grace_period: int = 1
     reduction_factor: float = 3
-    brackets: int = 1                    # ASHA brackets (Hyperband-style; 1 = plain ASHA)
+    brackets: int = 1                    # trust raw: ASHA brackets (Hyperband-style; 1 = plain ASHA)
     max_t: int | None = None             # default: the source's full budget
     max_concurrent: int = 2
     num_samples: int | None = None       # default: what `budget_epochs` buys at ASHA's expected cost
@@ -205,6 +234,23 @@ class ReplaySettings:
     prior_share: float = 0.2
     prior_width: float = 0.15
     prior_decay: float | None = None
+    snap: str = "unused"                 # unused: nearest config not yet replayed (tables) | nearest
+
+    @classmethod
+    def from_space(cls, spec, **over) -> "ReplaySettings":
+        """The search and scheduler settings of a space file (hpo.space.SpaceFile)."""
+        from hpo.config import encode_choice
+        from hpo.space import encoded_points
+
+        sc, se = spec.scheduler, spec.search
+        return cls(**{**dict(
+            sampler=se.sampler, seed=se.seed, scheduler=sc.name, trust=sc.trust,
+            calibration=sc.calibration.model_dump(), grace_period=sc.grace_period,
+            reduction_factor=sc.reduction_factor, brackets=sc.brackets, max_t=sc.max_t,
+            max_concurrent=se.max_concurrent, num_samples=se.num_samples, feedback=se.feedback,
+            diverged_feedback=se.diverged_feedback, points_to_evaluate=encoded_points(spec),
+            defaults={k: encode_choice(d.default) for k, d in spec.space.items() if d.default is not None},
+            prior_share=se.prior.share, prior_width=se.prior.width, prior_decay=se.prior.decay), **over})
 
 
 @dataclass
@@ -212,7 +258,7 @@ class ReplayTrial:
     trial_id: str
     config: int                # index in the source
     seed: int                  # column in the source
-    epochs: int = 0
+    epochs: int = 0            # validations delivered
     status: str = "running"    # completed | early_stopped | failed | censored (running: cut by the budget)
     last: float | None = None
 
@@ -224,6 +270,7 @@ class ReplayResult:
     trajectory: list[tuple[int, float, float]]         # (epochs used, observed best, its true quality)
     epochs: int
     best_quality: float                                 # best mean final score in the source
+    scheduler: Any = None                               # the scheduler object, after the replay
 
     def regret_at(self, epochs: int) -> float:
         """Regret of the config the search would return after `epochs` epochs (inf: none yet)."""
@@ -236,7 +283,7 @@ class ReplayResult:
 
 
 def expected_epochs_per_trial(max_t: int, grace: int, rf: float) -> float:
-    """Epochs one trial costs on average under ASHA: a share 1/rf^k passes rung k."""
+    """Validations one trial costs on average under ASHA: a share 1/rf^k passes rung k."""
     from hpo.schedules import asha_rungs
 
     total, prev = 0.0, 0
@@ -246,9 +293,62 @@ def expected_epochs_per_trial(max_t: int, grace: int, rf: float) -> float:
     return total
 
 
+class SnapToTable:
+    """Replay only: an Optuna sampler that lets `base` propose a config, snaps the proposal to a
+    tabulated config and returns that config's params, so the study records the config whose scores
+    it is told (not the neighbour it asked for). `exclude_used`: the nearest config not replayed yet
+    (configs drawn without replacement, as a table benchmark's random search does), until all were."""
+
+    def __new__(cls, base, source: CurveSource, exclude_used: bool = True):
+        from optuna.samplers import BaseSampler
+
+        class _Snap(BaseSampler):
+            def __init__(self):
+                self.base, self.source, self.used = base, source, set()
+
+            def infer_relative_search_space(self, study, trial):
+                return dict(self.source.distributions)
+
+            def sample_relative(self, study, trial, search_space):
+                inner = self.base.infer_relative_search_space(study, trial)
+                proposal = dict(self.base.sample_relative(study, trial, inner) if inner else {})
+                for name, dist in self.source.distributions.items():
+                    if name not in proposal:
+                        proposal[name] = self.base.sample_independent(study, trial, name, dist)
+                i = self.source.snap(proposal, self.used if exclude_used else frozenset())
+                self.used.add(i)
+                return dict(self.source.params[i])
+
+            def sample_independent(self, study, trial, param_name, param_distribution):
+                return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+            def before_trial(self, study, trial):
+                self.base.before_trial(study, trial)
+
+            def after_trial(self, study, trial, state, values):
+                self.base.after_trial(study, trial, state, values)
+
+            def reseed_rng(self):
+                self.base.reseed_rng()
+
+        return _Snap()
+
+
+def build_schedulers(source: CurveSource, s: ReplaySettings, max_t: int, max_concurrent: int):
+    """The scheduler a search with these settings builds (hpo.calibrated.make_scheduler)."""
+    from hpo.calibrated import make_scheduler
+    from hpo.space import CalibrationSection, SchedulerSection
+
+    section = SchedulerSection(name=s.scheduler, metric="val_miou", mode=source.mode, max_t=max_t,
+                               grace_period=s.grace_period, reduction_factor=s.reduction_factor, trust=s.trust,
+                               brackets=s.brackets, calibration=CalibrationSection(**s.calibration))
+    section = section.model_copy(update={"metric": source.metric})    # tables may score another metric
+    return make_scheduler(section, source.distributions, max_concurrent)
+
+
 def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
     import optuna
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+    from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import ConcurrencyLimiter
 
     from hpo.priors import with_priors
@@ -261,25 +361,27 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
     if max_t > source.max_t:
         raise ReplayError(f"--max-t: the source has {source.max_t} validations per trial, got {max_t}")
     asha = s.scheduler == "asha"
+    full_epochs = int(source.epochs[max_t - 1])
     num_samples = s.num_samples
     if num_samples is None:
         if not s.budget_epochs:
             raise ReplayError("give num_samples or budget_epochs")
-        per_trial = expected_epochs_per_trial(max_t, s.grace_period, s.reduction_factor) if asha else max_t
-        num_samples = math.ceil(s.budget_epochs / per_trial)
+        per_trial = (expected_epochs_per_trial(max_t, s.grace_period, s.reduction_factor) / max_t
+                     if asha and s.trust == "raw" else 1.0) * full_epochs
+        num_samples = math.ceil(s.budget_epochs / per_trial) if asha and s.trust == "raw" else 10 ** 6
     search = SearchSection(sampler=s.sampler, seed=s.seed, num_samples=num_samples,
                            max_concurrent=min(s.max_concurrent, num_samples), feedback=s.feedback)
     sampler = with_priors(base_sampler(search), source.distributions, s.defaults, s.prior_share, s.prior_width,
                           s.seed, s.prior_decay)
+    sampler = SnapToTable(sampler, source, exclude_used=s.snap == "unused")
     points = ([dict(s.defaults)] if s.defaults else []) + [p for p in s.points_to_evaluate if p != s.defaults]
+    points = [source.params[source.snap(p)] for p in points]      # what will really be replayed
+    scheduler = build_schedulers(source, s, max_t, search.max_concurrent)
     searcher = HonestOptunaSearch(source.distributions, source.metric, source.mode, sampler=sampler, max_t=max_t,
                                   points_to_evaluate=points, feedback=s.feedback,
-                                  diverged_feedback=s.diverged_feedback)
+                                  diverged_feedback=s.diverged_feedback,
+                                  final_estimate=getattr(scheduler, "estimate", None))
     limiter = ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent)
-    scheduler = (ASHAScheduler(time_attr="training_iteration", metric=source.metric, mode=source.mode,
-                               max_t=max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor,
-                               brackets=s.brackets)
-                 if asha else FIFOScheduler())
     rng = np.random.default_rng(s.seed)
     np.random.seed(s.seed)      # ASHAScheduler draws a trial's bracket from numpy's global RNG
     quality = source.quality()
@@ -333,14 +435,14 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
         value = source.curves[t.config, t.seed, step - 1]
         diverged = source.diverged_at[t.config, t.seed] == step
         if not diverged and not math.isfinite(value):
-            # the source never measured this epoch (a search's early-stopped trial): end it here
+            # the source never measured this validation (a search's early-stopped trial): end it here
             t.status = "censored"
-            scheduler.on_trial_remove(None, handles[tid]) if asha else None
+            scheduler.on_trial_remove(None, handles[tid])
             limiter.on_trial_complete(tid, result=None, error=True)
             running.discard(tid)
             fill()
             continue
-        epochs += 1
+        epochs += source.cost(step)
         t.epochs = step
         # as hpo/trainable.py reports: a diverged step carries its status and no score
         result = ({"status": "diverged"} if diverged else {source.metric: float(value)})
@@ -359,7 +461,7 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
             heapq.heappush(heap, (now + source.seconds(t.config, t.seed, step + 1), seq, tid, step + 1))
             seq += 1
         fill()
-    return ReplayResult(list(trials.values()), events, trajectory, epochs, best_quality)
+    return ReplayResult(list(trials.values()), events, trajectory, epochs, best_quality, scheduler)
 
 
 def _trial_handle(trial_id: str, params: dict):
@@ -381,7 +483,7 @@ def summary(source: CurveSource, settings: ReplaySettings, res: ReplayResult) ->
     counts = {k: sum(t.status == k for t in res.trials) for k in labels}
     best = res.trajectory[-1] if res.trajectory else None
     lines = [f"replay of {source.name}: {settings.sampler}, "
-             + (f"ASHA grace {settings.grace_period} rf {settings.reduction_factor}"
+             + (f"ASHA ({settings.trust}) grace {settings.grace_period} rf {settings.reduction_factor}"
                + (f" brackets {settings.brackets}" if settings.brackets > 1 else "") if settings.scheduler == "asha"
                 else "no early stopping")
              + f", {settings.max_concurrent} at a time, seed {settings.seed}",
@@ -394,6 +496,8 @@ def summary(source: CurveSource, settings: ReplaySettings, res: ReplayResult) ->
                      f"{res.best_quality:.2f}; regret {res.best_quality - best[2]:.2f}")
     else:
         lines.append("no trial completed the full budget")
+    for rung, stats in sorted(getattr(res.scheduler, "rungs", {}).items()):
+        lines.append(stats.line(rung))
     if counts["censored"]:
         lines.append(f"note: {counts['censored']} trials needed epochs the source never measured (ended there)")
     return "\n".join(lines)
@@ -403,22 +507,40 @@ def _show(v):
     return f"{v:.4g}" if isinstance(v, float) else v
 
 
+def table_settings(source: CurveSource, space: Path = DEMO_SPACE) -> ReplaySettings:
+    """What `hpo.replay --table FILE` replays by default: the search and scheduler settings of the demo
+    space (its sampler, concurrency, ASHA ladder and trust), over the table's full length, with a budget
+    of `TABLE_BUDGET` full trainings. The knobs' defaults come along only where the table has those knobs."""
+    from hpo.space import load_space
+
+    spec = load_space(space)
+    settings = ReplaySettings.from_space(spec, max_t=None, num_samples=None,
+                                         budget_epochs=TABLE_BUDGET * int(source.epochs[-1]))
+    if not set(settings.defaults) <= set(source.distributions):
+        settings.defaults, settings.points_to_evaluate = {}, []
+    settings.points_to_evaluate = [p for p in settings.points_to_evaluate if set(p) <= set(source.distributions)]
+    return settings
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpo.replay", description=__doc__.splitlines()[0])
     p.add_argument("search", nargs="?", help="a finished search (name, Ray results dir or MLflow parent run id); "
-                                             "default: the tabulated benchmark")
-    p.add_argument("--table", type=Path, default=DEFAULT_TABLE)
-    p.add_argument("--schedule", default="poly", help="table only: the LR schedule's curves (poly, wsd, rung_poly)")
+                                             "default: a curve table")
+    p.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="a curve table (docs/replay.md)")
+    p.add_argument("--schedule", help="table only: the LR schedule's curves (default: the table's first)")
     p.add_argument("--annealed", action="store_true", help="table only: rungs see annealed-evaluation scores")
+    p.add_argument("--space", type=Path, default=DEMO_SPACE,
+                   help="table only: whose search and scheduler settings to replay (default: the demo space)")
     p.add_argument("--sampler", choices=["tpe", "random", "cmaes", "gp", "nsga2"])
-    p.add_argument("--seed", type=int, help="search seed (default: the search's own, 0 for the table)")
+    p.add_argument("--seed", type=int, help="search seed (default: the space's own)")
     p.add_argument("--scheduler", choices=["asha", "none"])
+    p.add_argument("--trust", choices=["calibrated", "raw"], help="ASHA: calibrated early stopping or plain ASHA")
     p.add_argument("--grace", type=int, help="ASHA grace period (validations)")
     p.add_argument("--rf", type=float, help="ASHA reduction factor")
-    p.add_argument("--brackets", type=int, help="ASHA brackets (Hyperband-style)")
+    p.add_argument("--brackets", type=int, help="ASHA brackets (Hyperband-style, trust raw)")
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--num-samples", type=int)
-    p.add_argument("--budget-epochs", type=int, help="stop after this many epochs (validations) in all")
+    p.add_argument("--budget-epochs", type=int, help="stop after this many epochs in all")
     p.add_argument("--feedback", choices=["pruned", "complete"])
     p.add_argument("--diverged-feedback", choices=["pruned", "worst", "fail"])
     p.add_argument("--prior-share", type=float, help="share of trials drawn around the knobs' defaults (0 = off)")
@@ -427,38 +549,29 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.search:
-            from hpo.config import encode_choice
             from hpo.search_handle import SearchNotFound, find_search
-            from hpo.space import encoded_points
 
             try:
                 found = find_search(args.search, args.storage_path, args.tracking_uri)
             except SearchNotFound as err:
                 raise ReplayError(str(err)) from None
             source = from_search(found)
-            spec = found.spec
-            settings = ReplaySettings(sampler=spec.search.sampler, seed=spec.search.seed,
-                                      scheduler=spec.scheduler.name, grace_period=spec.scheduler.grace_period,
-                                      reduction_factor=spec.scheduler.reduction_factor, max_t=spec.scheduler.max_t,
-                                      max_concurrent=spec.search.max_concurrent, num_samples=spec.search.num_samples,
-                                      feedback=spec.search.feedback,
-                                      diverged_feedback=spec.search.diverged_feedback,
-                                      points_to_evaluate=encoded_points(spec),
-                                      defaults={k: encode_choice(d.default) for k, d in spec.space.items()
-                                                if d.default is not None},
-                                      prior_share=spec.search.prior.share, prior_width=spec.search.prior.width,
-                                      prior_decay=spec.search.prior.decay)
+            settings = ReplaySettings.from_space(found.spec, snap="nearest")
         else:
+            from hpo.space import SpaceError
+
             source = from_table(args.table, args.schedule, args.annealed)
-            settings = ReplaySettings(num_samples=None, budget_epochs=27 * source.max_t)
-        for flag, attr in [("sampler", "sampler"), ("scheduler", "scheduler"), ("grace", "grace_period"),
-                           ("rf", "reduction_factor"), ("brackets", "brackets"), ("max_concurrent", "max_concurrent"),
-                           ("feedback", "feedback"), ("diverged_feedback", "diverged_feedback"),
-                           ("prior_share", "prior_share")]:
+            try:
+                settings = table_settings(source, args.space)
+            except SpaceError as err:
+                raise ReplayError(str(err)) from None
+        for flag, attr in [("sampler", "sampler"), ("scheduler", "scheduler"), ("trust", "trust"),
+                           ("grace", "grace_period"), ("rf", "reduction_factor"), ("brackets", "brackets"),
+                           ("max_concurrent", "max_concurrent"), ("feedback", "feedback"),
+                           ("diverged_feedback", "diverged_feedback"), ("prior_share", "prior_share"),
+                           ("seed", "seed")]:
             if getattr(args, flag) is not None:
                 setattr(settings, attr, getattr(args, flag))
-        if args.seed is not None:
-            settings.seed = args.seed
         if args.budget_epochs is not None:
             settings.budget_epochs, settings.num_samples = args.budget_epochs, None
         if args.num_samples is not None:

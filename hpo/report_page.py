@@ -26,6 +26,7 @@ import optuna
 
 from hpo.config import display_value
 from hpo.ledger import ledger
+from hpo.calibration import read_rung_stats
 from hpo.rung_check import LOW, verdict
 from hpo.search_handle import SearchHandle
 from hpo.sensitivity import (EVALUATORS, display_distributions, finished_study, importance_table,
@@ -323,6 +324,17 @@ def render_html(search: SearchHandle, table: dict, figures: dict[str, Path], mis
                             [[a, b, "–" if rho != rho else f"{rho:.2f}", n] for a, b, rho, n in corr]))
         for a, b, rho, n in corr:
             parts.append(f"<p class='note'>{html.escape(verdict(a, b, rho, n, search.max_t, unit))}</p>")
+    calibration = read_rung_stats(search.exp_dir) if search.exp_dir else {}
+    if calibration:
+        parts.append("<h2>What calibrated early stopping did</h2><p>At each rung it cuts only on a signal whose "
+                     "rank correlation with the final score (over the trials that ran the full budget; "
+                     "leave-one-out for the prediction) has a lower confidence bound above "
+                     f"scheduler.calibration.rho_min, and only trials whose optimistic predicted final is below the "
+                     f"best final so far (hpo/calibrated.py).</p>")
+        parts.append(_table(["rung", "mode", "rho(raw, final) [bound]", "rho(predicted, final) [bound]",
+                             "full curves", "cut", "went on"],
+                            [[r, st.mode, f"{st.rho_raw:.2f} [{st.lb_raw:.2f}]", f"{st.rho_pred:.2f} [{st.lb_pred:.2f}]",
+                              st.n, st.cut, st.kept] for r, st in sorted(calibration.items())]))
 
     book = ledger(search.trials, rung_milestones(s) + [search.max_t])
     if book.trials:
@@ -402,6 +414,8 @@ def _summary_lines(search: SearchHandle, made: dict) -> list[str]:
     lines = [f"report '{search.name}': {len(search.trials)} trials ({c['completed']} full budget, "
              f"{c['early_stopped']} early-stopped, {c['failed']} failed) from the {search.source}"]
     lines += [verdict(a, b, rho, n, search.max_t) for a, b, rho, n in rung_correlations(search)]
+    if search.exp_dir:
+        lines += [st.line(r) for r, st in sorted(read_rung_stats(search.exp_dir).items())]
     for label, row in made["importance"].items():
         if row["reason"]:
             lines.append(f"importance missing for {label}: {row['reason']}")

@@ -106,8 +106,8 @@ def build_tuner(search: OpenSearch):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
+    from hpo.calibrated import make_scheduler
+    from hpo.calibration import CALIBRATION_FILE
     from hpo.searcher import HonestOptunaSearch
     from hpo.tracking import MLflowTrialLogger
 
@@ -117,25 +117,28 @@ def build_tuner(search: OpenSearch):
     stopper = SearchStopper(spec.stop, sched.metric, sched.mode, sched.max_t, spec.base["budget"]["val_every"],
                             search.exp_dir)
     plan = trial_plan(search.resources, search.base, search.exp_dir)
-    callbacks = [MLflowTrialLogger(search.tracking_uri, search.experiment_id, search.parent_run_id, search.base,
-                                   sched.max_t, metric=sched.metric, rungs=rung_milestones(spec), mode=sched.mode),
-                 progress_printer(sched.metric, sched.max_t), *plan.callbacks]
-    if search.resume:
-        return tune.Tuner.restore(str(search.exp_dir), trainable=plan.trainable, resume_unfinished=True,
-                                  resume_errored=True)
     concurrent = spec.search.max_concurrent
     if plan.max_concurrent is not None and plan.max_concurrent < concurrent:
         print(f"{plan.max_concurrent} data-parallel trial(s) at a time: what the cluster holds "
               f"(search.max_concurrent {concurrent})", flush=True)
         concurrent = plan.max_concurrent
+    # On --resume Ray brings back the scheduler, searcher and callbacks it pickled at the start (one
+    # pickle, so their links hold); the calibrated scheduler then reloads its own state file.
+    scheduler = make_scheduler(sched, optuna_distributions(spec), concurrent,
+                               state_path=str(search.exp_dir / CALIBRATION_FILE))
+    callbacks = [MLflowTrialLogger(search.tracking_uri, search.experiment_id, search.parent_run_id, search.base,
+                                   sched.max_t, metric=sched.metric, rungs=rung_milestones(spec), mode=sched.mode,
+                                   scheduler=scheduler),
+                 progress_printer(sched.metric, sched.max_t), *plan.callbacks]
+    if search.resume:
+        return tune.Tuner.restore(str(search.exp_dir), trainable=plan.trainable, resume_unfinished=True,
+                                  resume_errored=True)
     searcher = HonestOptunaSearch(
         optuna_distributions(spec), sched.metric, sched.mode, sampler=make_sampler(spec), max_t=sched.max_t,
         points_to_evaluate=encoded_points(spec), study_name=search.name,
         storage=JournalStorage(JournalFileBackend(str(search.exp_dir / JOURNAL_FILE))),
-        feedback=spec.search.feedback, diverged_feedback=spec.search.diverged_feedback, stop_rule=stopper)
-    scheduler = (ASHAScheduler(time_attr=sched.time_attr, max_t=sched.max_t, grace_period=sched.grace_period,
-                               reduction_factor=sched.reduction_factor)
-                 if sched.name == "asha" else FIFOScheduler())
+        feedback=spec.search.feedback, diverged_feedback=spec.search.diverged_feedback, stop_rule=stopper,
+        final_estimate=getattr(scheduler, "estimate", None))
     return tune.Tuner(
         plan.trainable,
         tune_config=tune.TuneConfig(metric=sched.metric, mode=sched.mode, search_alg=searcher, scheduler=scheduler,

@@ -17,6 +17,10 @@ interface written over Optuna's public `ask` / `tell` / `Trial.report`:
   the worst score any trial reported so far) or "fail". It gets the user attr `diverged`.
 - every finished trial carries the user attrs `ray_trial_id` and `status` (completed /
   early_stopped / failed), so a reader of the journal needs no rules of its own.
+- a trial that calibrated early stopping (hpo/calibrated.py) cut on a trusted signal is told
+  COMPLETE with the scheduler's estimate of its final score (`final_estimate`; user attr
+  `estimated_final`): TPE then ranks full-budget scores, measured or predicted, and never learns to
+  prefer a region because it looks good early. Cut without a trusted estimate: PRUNED, as above.
 - `stop_rule` (hpo/stopping.py): once it has triggered, `suggest` answers FINISHED.
 Note on TPE (Optuna 5, `_split_trials`): COMPLETE trials fill the "good" group first and PRUNED
 trials only while fewer than gamma(n) trials completed, ranked by furthest step, then value.
@@ -46,9 +50,12 @@ class HonestOptunaSearch(Searcher):
     def __init__(self, space: dict[str, optuna.distributions.BaseDistribution], metric: str, mode: str, *,
                  sampler: optuna.samplers.BaseSampler, max_t: int, points_to_evaluate: list[dict] | None = None,
                  study_name: str | None = None, storage: optuna.storages.BaseStorage | None = None,
-                 feedback: str = "pruned", diverged_feedback: str = "pruned", stop_rule=None):
+                 feedback: str = "pruned", diverged_feedback: str = "pruned", stop_rule=None,
+                 final_estimate=None):
         super().__init__(metric=metric, mode=mode)
         self.stop_rule = stop_rule          # hpo/stopping.py: once it has triggered, no new trials
+        # hpo/calibrated.py: trial id -> predicted final score of a trial it cut on a trusted signal
+        self.final_estimate = final_estimate
         self.space = space
         self.max_t = max_t
         self.feedback = feedback
@@ -87,7 +94,12 @@ class HonestOptunaSearch(Searcher):
         status = trial_status(result, error, self.max_t)
         diverged = bool(result) and result.get("status") == DIVERGED and not error
         state, value = TrialState.FAIL, None
-        if status == "completed" or (status == "early_stopped" and self.feedback == "complete"):
+        estimate = self.final_estimate(trial_id) if status == "early_stopped" and self.final_estimate else None
+        if estimate is not None:
+            # cut on a trusted prediction: the sampler compares full-budget scores, measured or predicted
+            state, value = TrialState.COMPLETE, estimate
+            trial.set_user_attr("estimated_final", True)
+        elif status == "completed" or (status == "early_stopped" and self.feedback == "complete"):
             state, value = TrialState.COMPLETE, result[self.metric]
         elif status == "early_stopped" or (diverged and self.diverged_feedback == "pruned"):
             state = TrialState.PRUNED
@@ -104,7 +116,7 @@ class HonestOptunaSearch(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:     # the stop rule is Tune's (RunConfig.stop), not ours to save
-            pickle.dump({k: v for k, v in self.__dict__.items() if k != "stop_rule"}, f)
+            pickle.dump({k: v for k, v in self.__dict__.items() if k not in ("stop_rule", "final_estimate")}, f)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:

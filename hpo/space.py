@@ -6,7 +6,8 @@ One YAML file describes a search (README, "The space file"):
     base:       a complete run config, or a path (relative to the space file) to one
     space:      {dotted.key: {type: int|float|categorical, ...}}
     search:     {sampler, seed, num_samples, max_concurrent, points_to_evaluate, feedback}
-    scheduler:  {name: asha|none, metric, mode, time_attr, max_t, grace_period, reduction_factor}
+    scheduler:  {name: asha|none, metric, mode, time_attr, max_t, grace_period, reduction_factor,
+                 trust: calibrated|raw, calibration: {...}}
     resources:  {cpu, gpu}
     failure:    {max_retries}
     stop:       {target, budget: {device_hours, epochs}, plateau: {trials, margin}, seed_spread}
@@ -113,6 +114,15 @@ class SearchSection(_Strict):
     prior: PriorSection = PriorSection()
 
 
+class CalibrationSection(_Strict):
+    """Settings of calibrated early stopping (hpo/calibrated.py; docs/config.md)."""
+    cold_start: int | None = Field(None, ge=2)       # first trials run the full budget; default max(8, 2 x concurrent)
+    audit_share: float = Field(0.1, ge=0, le=1)      # share of later trials never stopped
+    rho_min: float = Field(0.5, gt=-1, lt=1)         # lower bound a signal's rank correlation must reach to cut on it
+    confidence: float = Field(0.8, gt=0.5, lt=1)     # of that lower bound
+    tail: float = Field(0.9, gt=0, lt=1)             # quantile of the predictor's misses used as the cut's margin
+
+
 class SchedulerSection(_Strict):
     name: Literal["asha", "none"] = "asha"
     metric: Literal["val_miou", "val_pixel_acc"] = "val_miou"   # what each validation reports (percent)
@@ -121,6 +131,11 @@ class SchedulerSection(_Strict):
     max_t: int | None = Field(None, ge=1)   # default: the number of validations in base.budget
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2, gt=1)
+    # "calibrated": cut at a rung only on evidence that the cut is sound (hpo/calibrated.py);
+    # "raw": Ray's plain ASHA, every rung trusted.
+    trust: Literal["calibrated", "raw"] = "calibrated"
+    brackets: int = Field(1, ge=1)           # trust raw only: Hyperband-style ASHA brackets
+    calibration: CalibrationSection = CalibrationSection()
 
 
 class ResourcesSection(_Strict):

@@ -53,6 +53,7 @@ from ray.tune import Callback
 from hpo.config import apply_overrides, dump_yaml, flatten
 from hpo.mlflow_store import find_runs, log_params, nested_filter
 from hpo.outputs import CONFUSION, MODEL_DIR, OVERLAYS
+from hpo.calibration import MODE_CODE
 from hpo.rung_check import RungCorrelation, verdict
 from hpo.search_handle import trial_status
 from hpo.trainable import split_params
@@ -85,7 +86,8 @@ class MLflowTrialLogger(Callback):
     """Ray Tune callback: one MLflow run per trial, where `layout` says (SearchRuns, PromotedRuns)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base: dict, max_t: int,
-                 metric: str = "val_miou", rungs: list[int] | None = None, mode: str = "max", layout=None):
+                 metric: str = "val_miou", rungs: list[int] | None = None, mode: str = "max", layout=None,
+                 scheduler=None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -107,6 +109,8 @@ class MLflowTrialLogger(Callback):
         self._next_try = 0.0                    # while blocked, retry at most every RETRY_EVERY_S
         # Rung self-check (hpo/rung_check.py): scores at the ASHA rungs and the full budget.
         self.rung_check = RungCorrelation(sorted(set(rungs or []) | {max_t}), mode) if rungs else None
+        # Calibrated early stopping (hpo/calibrated.py): its per-rung decisions go to the parent run.
+        self.scheduler = scheduler if hasattr(scheduler, "rungs") else None
 
     # Tune pickles callbacks with the experiment; the client is rebuilt on the other side.
     def __getstate__(self):
@@ -202,6 +206,7 @@ class MLflowTrialLogger(Callback):
         ts = int(time.time() * 1000)
         metrics = [Metric(k, float(result[k]), ts, step) for k in PER_EPOCH_METRICS if k in result]
         self._check_rungs(tid, step, result.get(self.metric), ts)
+        self._log_calibration(step, ts)
         where = (result.get("node_id"), str(result.get("pid")) if "pid" in result else None)
         tags = []
         if where[0] and where != self.where.get(tid):
@@ -222,10 +227,24 @@ class MLflowTrialLogger(Callback):
             metric = Metric(f"rung_corr_{done[0]}_{done[1]}", rho, ts, n)
             self._submit(lambda: self.client.log_batch(self.parent_run_id, metrics=[metric]))
 
+    def _log_calibration(self, step: int, ts: int) -> None:
+        """After the scheduler judged a trial at a rung: the rung's mode (0 pass, 1 raw, 2 predicted),
+        both rank correlations and the trials cut so far, on the parent run (step = trials judged)."""
+        stats = self.scheduler.rungs.get(step) if self.scheduler is not None else None
+        if stats is None:
+            return
+        n = stats.cut + stats.kept
+        values = {f"calib_mode_{step}": MODE_CODE[stats.mode], f"calib_rho_raw_{step}": stats.rho_raw,
+                  f"calib_rho_pred_{step}": stats.rho_pred, f"calib_cut_{step}": stats.cut}
+        metrics = [Metric(k, float(v), ts, n) for k, v in values.items() if v == v]
+        self._submit(lambda: self.client.log_batch(self.parent_run_id, metrics=metrics))
+
     def rung_lines(self, unit: str = "epoch") -> list[str]:
-        if self.rung_check is None:
-            return []
-        return [verdict(a, b, rho, n, self.max_t, unit) for a, b, rho, n in self.rung_check.table()]
+        lines = [] if self.rung_check is None else [
+            verdict(a, b, rho, n, self.max_t, unit) for a, b, rho, n in self.rung_check.table()]
+        if self.scheduler is not None:
+            lines += [stats.line(rung) for rung, stats in sorted(self.scheduler.rungs.items())]
+        return lines
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, errored=False)
@@ -246,6 +265,9 @@ class MLflowTrialLogger(Callback):
         final = [Metric(k.replace("iou/", "iou_"), float(v), ts, step) for k, v in result.items()
                  if (k.startswith(("iou/", "final_")) or k == "device_seconds_total")
                  and isinstance(v, (int, float)) and v == v]
+        estimate = self.scheduler.estimate(tid) if self.scheduler is not None else None
+        if estimate is not None:     # cut by calibrated early stopping: what it predicted the trial would reach
+            final.append(Metric(f"predicted_final_{self.metric}", float(estimate), ts, step))
         tags = [RunTag("status", status), RunTag("epochs_run", str(result.get("training_iteration", 0)))]
         if "device_kind" in result:
             tags.append(RunTag("device_kind", str(result["device_kind"])))

@@ -1,0 +1,177 @@
+"""Calibrated early stopping (hpo/calibrated.py): what it cuts on, what it tells the sampler, what
+survives a resume, and that the replay runs the very scheduler a search builds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from hpo.calibrated import CalibratedASHA, make_scheduler
+from hpo.calibration import (CALIBRATION_FILE, PASS, PREDICTED, RAW, RidgeLOO, conformal_margin, lower_bound,
+                             spearman, unit_encoder)
+
+
+class Stub:
+    """What the scheduler reads of a Ray Trial: its id and config (nothing else)."""
+
+    def __init__(self, trial_id: str, config: dict):
+        self.trial_id, self.config = trial_id, config
+
+
+def _dist():
+    import optuna
+
+    return {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+
+
+def _scheduler(**kw) -> CalibratedASHA:
+    args = dict(metric="score", mode="max", max_t=9, grace_period=1, reduction_factor=3,
+                encode=unit_encoder(_dist()), cold_start=8, audit_share=0.0, rho_min=0.5)
+    return CalibratedASHA(**{**args, **kw})
+
+
+def _run(s: CalibratedASHA, tid: str, x: float, curve: dict[int, float]) -> str:
+    """Add a trial and feed it `curve` ({validation: score}) until the scheduler stops it or it ends."""
+    trial = Stub(tid, {"x": x})
+    s.on_trial_add(None, trial)
+    decision = TrialScheduler.CONTINUE
+    for step in sorted(curve):
+        decision = s.on_trial_result(None, trial, {"training_iteration": step, "score": curve[step]})
+        if decision == TrialScheduler.STOP:
+            if step < s.max_t:
+                s.on_trial_complete(None, trial, {"training_iteration": step, "score": curve[step]})
+                return "stopped"
+            break
+    s.on_trial_complete(None, trial, {"training_iteration": max(curve), "score": curve[max(curve)]})
+    return "completed"
+
+
+def inverted_curve(x: float) -> dict[int, float]:
+    """Final = 10 x (the config says it all); epoch 1 ranks backwards (high x starts low)."""
+    return {1: 10 * (1 - x), 3: 5.0, 9: 10 * x}
+
+
+def test_statistics_match_independent_computations():
+    from scipy.stats import norm, spearmanr
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=30), rng.normal(size=30)
+    assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+    assert spearman(a, -a) == pytest.approx(-1.0) and spearman(a, 3 * a + 1) == pytest.approx(1.0)
+    # Fisher z: tanh(atanh(0.6) - z_0.8 / sqrt(n - 3))
+    assert lower_bound(0.6, 28, 0.8) == pytest.approx(math.tanh(math.atanh(0.6) - norm.ppf(0.8) / 5))
+    # leave-one-out predictions equal refits without each point (ridge with an unpenalised intercept on
+    # the features as the full fit standardised them)
+    X, y = rng.normal(size=(12, 3)), rng.normal(size=12)
+    model = RidgeLOO(X, y, penalty=1.0)
+    Z = np.hstack([np.ones((12, 1)), (X - X.mean(0)) / (X.std(0) + 1e-9)])
+    P = np.diag([0.0, 1.0, 1.0, 1.0])
+    for i in (0, 5, 11):
+        keep = np.arange(12) != i
+        w = np.linalg.solve(Z[keep].T @ Z[keep] + P, Z[keep].T @ y[keep])
+        assert model.loo[i] == pytest.approx(Z[i] @ w)
+    # split-conformal: the ceil((n+1) * 0.9)-th smallest |residual|
+    r = np.arange(1.0, 20.0)         # 19 residuals: ceil(20 * 0.9) = 18th smallest = 18
+    assert conformal_margin(-r, 0.9) == 18.0
+
+
+def test_inverted_rung_is_never_cut_on_the_raw_score():
+    """Epoch-1 scores rank configs backwards: the scheduler must cut on the prediction (the config
+    predicts the final) or pass, never on the raw score; what it cuts really is bad."""
+    s = _scheduler()
+    xs = np.random.default_rng(1).uniform(size=40)
+    outcome = {f"t{i}": _run(s, f"t{i}", float(x), inverted_curve(float(x))) for i, x in enumerate(xs)}
+    assert s.rungs[1].mode == PREDICTED and s.rungs[1].rho_raw < 0 < s.rungs[1].rho_pred
+    assert s.rungs[1].lb_pred >= 0.5
+    stopped = [i for i, (t, o) in enumerate(outcome.items()) if o == "stopped"]
+    assert stopped, "a trusted predictor with no noise cuts the bad configs"
+    # every cut config is worse than every config a raw-score cut would have dropped instead
+    best_final = max(10 * x for x in xs[:8])
+    assert all(10 * xs[i] < best_final for i in stopped)
+    # the estimate told to the sampler is the predicted final (about 10 x), not the epoch-1 score
+    for i in stopped:
+        assert s.estimate(f"t{i}") == pytest.approx(10 * xs[i], abs=1.5)
+    assert all(s.estimate(f"t{i}") is None for i in range(8))   # cold start: never cut
+
+
+def test_uninformative_rung_passes():
+    """Neither the rung score nor the config predicts the final (pure noise): no cut at all."""
+    s = _scheduler()
+    rng = np.random.default_rng(2)
+    outcomes = [_run(s, f"t{i}", float(rng.uniform()), {1: float(rng.normal()), 9: float(rng.normal())})
+                for i in range(40)]
+    assert outcomes.count("stopped") == 0
+    assert s.rungs[1].mode == PASS and s.rungs[1].cut == 0
+
+
+def test_well_ranked_rung_cuts_on_the_raw_score():
+    s = _scheduler(encode=lambda config: [0.5])       # the config says nothing; the rung says everything
+    xs = np.random.default_rng(3).uniform(size=40)
+    outcomes = [_run(s, f"t{i}", float(x), {1: 3 * x, 3: 5 * x, 9: 10 * x}) for i, x in enumerate(xs)]
+    assert s.rungs[1].mode in (RAW, PREDICTED) and s.rungs[1].rho_raw == pytest.approx(1.0)
+    assert outcomes.count("stopped") >= 15
+
+
+def test_audits_are_never_cut():
+    s = _scheduler(audit_share=0.25)
+    xs = np.random.default_rng(4).uniform(size=40)
+    out = {f"t{i}": _run(s, f"t{i}", float(x), inverted_curve(float(x))) for i, x in enumerate(xs)}
+    audits = [t for t in out if s.is_audit(t)]
+    assert len(audits) == 8 + 8           # cold start + every 4th of the 32 after it
+    assert all(out[t] == "completed" for t in audits)
+
+
+def test_state_survives_a_restart(tmp_path):
+    """A resumed search builds a fresh scheduler; it reloads the state file and decides as before."""
+    path = str(tmp_path / CALIBRATION_FILE)
+    xs = np.random.default_rng(5).uniform(size=30)
+    first = _scheduler(state_path=path)
+    for i, x in enumerate(xs[:25]):
+        _run(first, f"t{i}", float(x), inverted_curve(float(x)))
+    saved = json.loads((tmp_path / CALIBRATION_FILE).read_text())
+    assert len(saved["final"]) == sum(1 for i in range(25) if first.estimate(f"t{i}") is None)
+    again = _scheduler(state_path=path)
+    twin = _scheduler()
+    twin.s = first.s.from_json(first.s.to_json())
+    for i, x in enumerate(xs[25:], 25):
+        assert _run(again, f"t{i}", float(x), inverted_curve(float(x))) == \
+            _run(twin, f"t{i}", float(x), inverted_curve(float(x)))
+    assert again.s.final == twin.s.final and again.s.estimates == twin.s.estimates
+    assert again.rungs[1].cut == twin.rungs[1].cut > 0
+
+
+def test_make_scheduler_follows_the_space_file(tmp_path):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from hpo.space import SchedulerSection
+
+    d = _dist()
+    assert isinstance(make_scheduler(SchedulerSection(max_t=9), d, 2), CalibratedASHA)
+    assert isinstance(make_scheduler(SchedulerSection(max_t=9, trust="raw"), d, 2), ASHAScheduler)
+    assert type(make_scheduler(SchedulerSection(name="none", max_t=9), d, 2)) is FIFOScheduler
+    s = make_scheduler(SchedulerSection(max_t=9, grace_period=1, reduction_factor=3,
+                                        calibration={"cold_start": 4, "audit_share": 0.2, "rho_min": 0.3}), d, 4)
+    assert (s.cold_start, s.audit_share, s.rho_min, s.milestones) == (4, 0.2, 0.3, [1, 3])
+    assert make_scheduler(SchedulerSection(max_t=9), d, 6).cold_start == 12      # max(8, 2 x concurrent)
+
+
+def test_searcher_is_told_the_estimate_of_a_cut_trial():
+    """A trial cut on a trusted prediction reaches Optuna as COMPLETE with the predicted final."""
+    import optuna
+
+    from hpo.searcher import HonestOptunaSearch
+
+    estimates = {"a": 7.5}
+    searcher = HonestOptunaSearch(_dist(), "score", "max", sampler=optuna.samplers.RandomSampler(seed=0), max_t=9,
+                                  final_estimate=estimates.get)
+    for tid in ("a", "b"):
+        searcher.suggest(tid)
+        searcher.on_trial_result(tid, {"training_iteration": 1, "score": 1.0})
+        searcher.on_trial_complete(tid, {"training_iteration": 1, "score": 1.0})
+    a, b = searcher.study.trials
+    assert a.state == optuna.trial.TrialState.COMPLETE and a.value == 7.5 and a.user_attrs["estimated_final"]
+    assert b.state == optuna.trial.TrialState.PRUNED          # cut without an estimate: pruned, as before
