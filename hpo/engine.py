@@ -170,7 +170,7 @@ class Trainer:
                                          weight_decay=o["weight_decay"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=run.grad_scaler)
 
-        self.steps_per_epoch = cfg["budget"]["iters_per_epoch"] or len(self._train_loader(0))
+        self.steps_per_epoch = cfg["budget"]["iters_per_epoch"] or len(self.train_loader(0))
         self.total_steps = self.steps_per_epoch * cfg["budget"]["epochs"]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(o, self.steps_per_epoch, self.total_steps))
@@ -178,7 +178,7 @@ class Trainer:
         self.step = 0           # optimizer steps taken
 
     # --- data -------------------------------------------------------------------------------
-    def _train_loader(self, epoch: int):
+    def train_loader(self, epoch: int):
         """The training loader, its shuffle/augmentation stream set to epoch `epoch`."""
         self._epoch_gen.manual_seed(self.cfg["seed"] * 1000 + epoch)
         return self._train_dl
@@ -213,7 +213,7 @@ class Trainer:
 
     def _batches(self, epoch: int, steps: int):
         """`steps` training batches from epoch `epoch`'s stream (cycling when one pass is shorter)."""
-        loader = self._train_loader(epoch)
+        loader = self.train_loader(epoch)
         batches = iter(loader)
         for _ in range(steps):
             try:

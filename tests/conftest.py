@@ -67,3 +67,41 @@ def wait_for(condition, timeout_s: float, what: str, proc: subprocess.Popen | No
                 pytest.fail(f"timed out waiting for {what}\n{tail}")
             return value
         time.sleep(POLL_S)
+
+
+TOY_SEARCH = "toy"
+TOY_PROMOTE_EPOCHS = 4
+
+
+@pytest.fixture(scope="session")
+def toy_search(ray_local, tiny_data, tmp_path_factory):
+    """One finished toy search (tests/helpers.py write_search_space: TPE, 6 trials, ASHA, 3 epochs,
+    deterministic training, a promote section) shared by the tests that only read it: the
+    end-to-end checks in test_search and the promotion tests. Its stdout is kept in `.out`."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    import yaml
+
+    from helpers import write_search_space
+    from hpo import search
+
+    tmp = tmp_path_factory.mktemp("toy_search")
+    cwd = os.getcwd()
+    os.chdir(tmp)                      # MLflow artifacts (./mlruns) stay in the search's folder
+    try:
+        space = write_search_space(tmp, tiny_data, TOY_SEARCH)
+        raw = yaml.safe_load(space.read_text())
+        raw["base"]["runtime"]["deterministic"] = True       # hpo.train must reproduce a trial's score
+        raw["promote"] = {"budget": {"epochs": TOY_PROMOTE_EPOCHS},
+                          "eval": {"tta": True, "scales": [0.75, 1.0], "flip": True}}
+        space.write_text(yaml.safe_dump(raw, sort_keys=False))
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = search.main([str(space), "--no-report"])
+    finally:
+        os.chdir(cwd)
+    assert rc == 0, out.getvalue()[-3000:]
+    return SimpleNamespace(tmp=tmp, name=TOY_SEARCH, space=space, out=out.getvalue(),
+                           uri=f"sqlite:///{tmp}/mlflow.db", storage=tmp / "ray_results")

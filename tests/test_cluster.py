@@ -1,205 +1,37 @@
 """A search on a real two-node Ray cluster logging to a real MLflow tracking server.
 
 Everything runs as real processes over loopback: `ray start --head` + `ray start --address` (one
-CPU each, token authentication on, as Ray >= 2.60 does by default), `mlflow server` with a SQLite
-backend and a local artifact store (and, where PostgreSQL and psycopg2 are present, a PostgreSQL
-backend), and `python -m hpo.search --address ... --tracking-uri http://...` as the driver.
+CPU each, token authentication on, as Ray >= 2.60 does by default), `mlflow server` with a
+PostgreSQL backend where PostgreSQL and psycopg2 are present (the setup a team would use; else a
+SQLite backend) and a local artifact store, and `python -m hpo.search --address ...
+--tracking-uri http://...` as the driver.
 
-The helpers here (free ports, process groups, the cluster and server fixtures, waiting on a
-condition with a deadline) are shared with tests/test_faults.py.
+The helpers (free ports, process groups, the cluster and server, the search's space file) live in
+tests/helpers.py, shared with tests/test_faults.py.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import urllib.request
-from pathlib import Path
+import contextlib
 
 import pytest
-import yaml
-from mlflow.tracking import MlflowClient
 
-from conftest import REPO, tiny_run_config, wait_for
+from helpers import (EPOCHS, MlflowServer, RayCluster, assert_complete_history, postgres_database, postgres_missing,
+                     search_cmd, search_env, spawn, trial_runs, write_space)
 
 pytestmark = pytest.mark.slow
-EPOCHS = 3
-
-
-# --- processes ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(cmd: list[str], log: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    """A process in its own process group, so stopping it also stops what it started."""
-    out = open(log, "ab")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
-
-
-def stop(*procs: subprocess.Popen, sig: int = signal.SIGTERM, timeout_s: float = 60) -> None:
-    """Signal each process group (all at once: shutdowns overlap), SIGKILL what outlives the wait."""
-    for proc in procs:
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-    for proc in procs:
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-class MlflowServer:
-    """`mlflow server` on 127.0.0.1; `stop()` then `start()` again keeps port and stores."""
-
-    def __init__(self, tmp: Path, backend_uri: str | None = None):
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.backend_uri = backend_uri or f"sqlite:///{tmp}/mlflow_server.db"
-        self.artifacts = tmp / "mlflow_artifacts"
-        self.log = tmp / "mlflow_server.log"
-        self.proc: subprocess.Popen | None = None
-
-    def spawn(self) -> "MlflowServer":
-        self.proc = spawn([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-                           "--workers", "1", "--backend-store-uri", self.backend_uri,
-                           "--artifacts-destination", str(self.artifacts)], self.log)
-        return self
-
-    def ready(self, timeout_s: float = 180) -> "MlflowServer":
-        wait_for(lambda: http_ok(f"{self.uri}/health"), timeout_s, "mlflow server", self.proc, self.log)
-        return self
-
-    def start(self) -> "MlflowServer":
-        return self.spawn().ready()
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None:
-            stop(self.proc, sig=sig)
-        self.proc = None
-
-
-class RayCluster:
-    """A head and `nodes - 1` workers via `ray start --block` (SIGTERM to each stops its node),
-    token authentication on with a token of its own; `env` is what a driver needs to join."""
-
-    def __init__(self, tmp: Path, nodes: int = 2, cpus_per_node: int = 1):
-        self.tmp, self.nodes, self.cpus = tmp, nodes, cpus_per_node
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        token = tmp / "ray_auth_token"
-        token.write_text(secrets.token_hex(32))
-        # Unix socket paths are limited to 107 bytes: a short temp dir of its own, removed after.
-        self.temp_dir = tempfile.mkdtemp(prefix="ctxray", dir="/tmp")
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-                    "RAY_USAGE_STATS_ENABLED": "0"}
-        self.procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> "RayCluster":
-        ray = [str(Path(sys.executable).with_name("ray")), "start", "--block", f"--num-cpus={self.cpus}",
-               "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
-        log = self.tmp / "ray_head.log"
-        self.procs.append(spawn([*ray, "--head", f"--port={self.port}", "--include-dashboard=false",
-                                 f"--temp-dir={self.temp_dir}"], log, env=self.env))
-        wait_for(lambda: "Ray runtime started" in log.read_text(), 180, "ray head", self.procs[0], log)
-        for i in range(1, self.nodes):   # one at a time: two raylets starting at once crowd 2 cores
-            log = self.tmp / f"ray_node{i}.log"
-            self.procs.append(spawn([*ray, f"--address={self.address}"], log, env=self.env))
-            # printed once the node's raylet has registered with the head
-            wait_for(lambda: "Ray runtime started" in log.read_text(), 180, f"ray node {i}", self.procs[-1], log)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        stop(*self.procs)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
-    """Spawned, not waited for: a test starts its other processes meanwhile, then calls ready()."""
-    server = MlflowServer(tmp_path).spawn()
-    yield server
-    server.stop()
-
-
-# --- a search -------------------------------------------------------------------------------
-def write_space(tmp_path: Path, data_root: Path, name: str, tracking_uri: str | None = None, *,
-                num_samples: int = 4, max_concurrent: int = 2, scheduler: str = "none", epochs: int = EPOCHS,
-                iters_per_epoch: int = 3, points: list[dict] | None = None, max_retries: int = 0,
-                lr_high: float = 0.1) -> Path:
-    base = tiny_run_config(data_root)
-    base["budget"] = {"epochs": epochs, "iters_per_epoch": iters_per_epoch, "val_every": 1}
-    space = {
-        "experiment": {"name": name, "storage_path": str(tmp_path / "ray_results"),
-                       "tracking_uri": tracking_uri or f"sqlite:///{tmp_path}/mlflow.db"},
-        "base": base,
-        "space": {"model.selection.n3": {"type": "int", "low": 2, "high": 16},
-                  "optim.lr": {"type": "float", "low": 1e-3, "high": lr_high, "log": True}},
-        "search": {"sampler": "tpe", "seed": 1, "num_samples": num_samples, "max_concurrent": max_concurrent,
-                   "points_to_evaluate": points or []},
-        "scheduler": ({"name": "asha", "max_t": epochs, "grace_period": 1, "reduction_factor": 3}
-                      if scheduler == "asha" else {"name": "none", "max_t": epochs}),
-        "resources": {"cpu": 1, "gpu": 0},
-        "failure": {"max_retries": max_retries},
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
-
-
-def search_cmd(space: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "hpo.search", str(space), "--no-report", *extra]
-
-
-def search_env(extra: dict | None = None) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", **(extra or {})}
-    return env
-
-
-def trial_runs(uri: str, name: str):
-    """(client, parent run, nested trial runs) of the search `name`."""
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        return client, None, []
-    parents = client.search_runs([exp.experiment_id], f"tags.`ctxtune.search` = '{name}'")
-    if not parents:
-        return client, None, []
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'",
-                                  max_results=1000)
-    return client, parents[0], children
-
-
-def assert_complete_history(client: MlflowClient, run, epochs: int | None = None) -> list[int]:
-    """Every epoch logged once: steps 1..epochs_run, no gap, no duplicate, loss beside each."""
-    done = int(run.data.tags["epochs_run"])
-    if epochs is not None:
-        assert done == epochs, run.data.tags
-    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
-    assert steps == list(range(1, done + 1)), (run.data.tags["ray_trial_id"], steps)
-    loss_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
-    assert loss_steps == steps, (run.data.tags["ray_trial_id"], loss_steps)
-    return steps
+    """The setup a team would use: an MLflow server on PostgreSQL where PostgreSQL and psycopg2 are
+    here (else on SQLite; test_faults' outage test always runs one on SQLite). Spawned, not waited
+    for: a test starts its other processes meanwhile, then calls ready()."""
+    with contextlib.ExitStack() as stack:
+        backend = None if postgres_missing() else stack.enter_context(postgres_database())
+        server = MlflowServer(tmp_path, backend).spawn()
+        stack.callback(server.stop)
+        yield server
 
 
 # --- tests ----------------------------------------------------------------------------------
@@ -224,6 +56,7 @@ def test_search_on_two_node_cluster_logs_to_tracking_server(tiny_data, tmp_path,
 
     client, parent, runs = trial_runs(mlflow_server.uri, "cluster")
     assert parent.info.status == "FINISHED"
+    assert mlflow_server.backend_uri.startswith("postgresql") == (postgres_missing() is None), postgres_missing()
     assert len(runs) == 4 and len({r.data.tags["ray_trial_id"] for r in runs}) == 4
     # One CPU per node and two trials at a time: both nodes trained, each run names its node.
     nodes = [r.data.tags["ray_node_id"] for r in runs]
@@ -246,48 +79,3 @@ def test_search_on_two_node_cluster_logs_to_tracking_server(tiny_data, tmp_path,
     by_trial = {t.trial_id: t.last_result["node_id"] for t in analysis.trials}
     assert by_trial == {r.data.tags["ray_trial_id"]: r.data.tags["ray_node_id"] for r in runs}
     print(f"\ntrials per node: { {n[:8]: nodes.count(n) for n in set(nodes)} }")
-
-
-def _postgres_missing() -> str | None:
-    if not shutil.which("initdb") or not shutil.which("pg_ctl"):
-        return "PostgreSQL server binaries (initdb, pg_ctl) not installed: apt-get install postgresql"
-    try:
-        import psycopg2  # noqa: F401
-    except ImportError:
-        return "psycopg2 not installed (MLflow's PostgreSQL driver; a test extra: psycopg2-binary)"
-    if os.geteuid() == 0 and not shutil.which("runuser"):
-        return "running as root and no runuser to start PostgreSQL as another user"
-    return None
-
-
-@pytest.mark.skipif(_postgres_missing() is not None, reason=str(_postgres_missing()))
-def test_tracking_server_with_postgresql_backend(tiny_data, tmp_path):
-    """The setup a team would use: MLflow server on PostgreSQL; a local search logs every trial to it."""
-    pg_dir = Path(tempfile.mkdtemp(prefix="ctxpg", dir="/tmp"))   # short: holds the unix socket
-    port = free_port()
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(pg_dir, "postgres")
-    subprocess.run([*as_user, "initdb", "-D", str(pg_dir / "data"), "-U", "mlflow", "--auth=trust"],
-                   check=True, capture_output=True, timeout=120)
-    subprocess.run([*as_user, "pg_ctl", "-D", str(pg_dir / "data"), "-l", str(pg_dir / "pg.log"), "-w", "start",
-                    "-o", f"-p {port} -k {pg_dir} -h 127.0.0.1"], check=True, capture_output=True, timeout=120)
-    try:
-        subprocess.run(["createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow"],
-                       check=True, capture_output=True, timeout=60)
-        server = MlflowServer(tmp_path, f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow").start()
-        try:
-            space = write_space(tmp_path, tiny_data, "pg", server.uri, num_samples=2)
-            log = tmp_path / "search.log"
-            driver = spawn(search_cmd(space), log, env=search_env(), cwd=tmp_path)
-            assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
-            client, parent, runs = trial_runs(server.uri, "pg")
-            assert parent.info.status == "FINISHED" and len(runs) == 2
-            for run in runs:
-                assert_complete_history(client, run, EPOCHS)
-        finally:
-            server.stop()
-    finally:
-        subprocess.run([*as_user, "pg_ctl", "-D", str(pg_dir / "data"), "-m", "fast", "stop"],
-                       capture_output=True, timeout=120)
-        shutil.rmtree(pg_dir, ignore_errors=True)

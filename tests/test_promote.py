@@ -10,39 +10,26 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import wait_for
-from hpo import promote, search
+from conftest import TOY_PROMOTE_EPOCHS, TOY_SEARCH, wait_for
+from hpo import promote
 from hpo import train as hpo_train
 from hpo.promotion import CHAMPION, select_winners
 from hpo.search_handle import find_search
-from test_search import EPOCHS, write_space
+from helpers import EPOCHS
 
 pytestmark = pytest.mark.slow
-NAME = "prom"
-PROMOTE_EPOCHS = 4
+NAME = TOY_SEARCH
+PROMOTE_EPOCHS = TOY_PROMOTE_EPOCHS
 K, S = 2, 2
 
 
 @pytest.fixture(scope="module")
-def finished_search(ray_local, tiny_data, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("promote")
-    cwd = os.getcwd()
-    os.chdir(tmp)                      # MLflow artifacts (./mlruns) stay in the test's folder
-    try:
-        space = write_space(tmp, tiny_data, NAME)
-        raw = yaml.safe_load(space.read_text())
-        raw["base"]["runtime"]["deterministic"] = True
-        raw["promote"] = {"budget": {"epochs": PROMOTE_EPOCHS},
-                          "eval": {"tta": True, "scales": [0.75, 1.0], "flip": True}}
-        space.write_text(yaml.safe_dump(raw, sort_keys=False))
-        assert search.main([str(space), "--no-report"]) == 0
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        ref = find_search(NAME, str(tmp / "ray_results"))
-        trials = ref.trials
-        yield SimpleNamespace(tmp=tmp, uri=uri, ref=ref, trials=trials,
-                              args=[NAME, "--storage-path", str(tmp / "ray_results"), "--out", str(tmp / "winners")])
-    finally:
-        os.chdir(cwd)
+def finished_search(toy_search):
+    """The session's shared toy search (conftest.py toy_search): deterministic, with a promote section."""
+    s = toy_search
+    ref = find_search(NAME, str(s.storage))
+    yield SimpleNamespace(tmp=s.tmp, uri=s.uri, ref=ref, trials=ref.trials,
+                          args=[NAME, "--storage-path", str(s.storage), "--out", str(s.tmp / "winners")])
 
 
 def promoted_runs(s) -> list:

@@ -70,6 +70,68 @@ def test_replay_snaps_to_the_nearest_config_and_scores_regret():
     assert res.regret_at(0) == math.inf
 
 
+def hand_unit(p: dict) -> list[float]:
+    """synthetic_source's space in the unit cube, written out: x linear, lr on its log scale, n over 1..8."""
+    return [p["x"], (math.log(p["lr"]) - math.log(1e-3)) / (math.log(1.0) - math.log(1e-3)), (p["n"] - 1) / 7]
+
+
+def test_snap_picks_the_nearest_config_of_a_perturbed_point():
+    source = synthetic_source()
+    known = [hand_unit(p) for p in source.params]
+    rng = np.random.default_rng(11)
+    for i in (0, 7, 30, 63):
+        assert source.snap(source.params[i]) == i
+        # a point moved by less than half the distance to its nearest neighbour still snaps to it
+        gap = min(math.dist(known[i], k) for j, k in enumerate(known) if j != i)
+        p = dict(source.params[i])
+        p["x"] = min(1.0, max(0.0, p["x"] + 0.4 * gap * (1 if p["x"] < 0.5 else -1)))
+        assert source.snap(p) == i
+    for _ in range(40):       # any point: the config at the smallest distance computed here
+        p = {"x": float(rng.random()), "lr": float(10 ** rng.uniform(-3, 0)), "n": int(rng.integers(1, 9))}
+        u = hand_unit(p)
+        assert source.snap(p) == int(np.argmin([math.dist(u, k) for k in known]))
+    # a point off by a whole log decade in lr is nearer to a config with the right lr than the same x
+    two = type(source)("two", source.distributions, [{"x": 0.5, "lr": 0.001, "n": 4}, {"x": 0.6, "lr": 0.1, "n": 4}],
+                       source.curves[:2], source.finals[:2], source.diverged_at[:2], source.epoch_seconds[:2])
+    assert two.snap({"x": 0.5, "lr": 0.1, "n": 4}) == 1 and two.snap({"x": 0.6, "lr": 0.0012, "n": 4}) == 0
+
+
+def test_quality_and_regret_computed_by_hand():
+    from hpo.replay import ReplaySettings, replay
+
+    source = synthetic_source()
+    quality = []
+    for c in range(len(source.params)):          # mean final score over the seeds that reached the end
+        finals = [v for v in source.finals[c] if not math.isnan(v)]
+        quality.append(sum(finals) / len(finals) if finals else math.nan)
+    np.testing.assert_allclose(source.quality(), quality, equal_nan=True)
+    best = max(q for q in quality if not math.isnan(q))
+    res = replay(source, ReplaySettings(sampler="random", scheduler="none", max_concurrent=2, num_samples=64))
+    assert res.best_quality == pytest.approx(best)
+    # the returned config: the completed trial with the best observed final score (the leaderboard's pick)
+    done = [t for t in res.trials if t.status == "completed"]
+    assert done and all(t.epochs == source.max_t for t in done)
+    for t in done:
+        assert t.last == pytest.approx(source.curves[t.config, t.seed, -1])
+    returned = max(done, key=lambda t: source.curves[t.config, t.seed, -1])
+    assert res.regret_at(res.epochs) == pytest.approx(best - quality[returned.config])
+    assert res.regret_at(10 ** 9) == res.regret_at(res.epochs) and res.regret_at(0) == math.inf
+    assert res.epochs_to(quality[returned.config]) <= res.epochs
+    assert res.epochs_to(best + 1.0) is None
+
+
+@pytest.mark.parametrize("max_t, grace, rf, expected", [
+    (9, 1, 3, 1 + 2 / 3 + 6 / 9),      # rungs 1, 3: all train 1, a third 2 more, a ninth 6 more
+    (9, 3, 3, 3 + 6 / 3),              # one rung at 3
+    (8, 1, 2, 1 + 1 / 2 + 2 / 4 + 4 / 8),
+    (4, 4, 3, 4.0),                    # no rung below max_t: every trial trains the full budget
+])
+def test_expected_epochs_per_trial_by_hand(max_t, grace, rf, expected):
+    from hpo.replay import expected_epochs_per_trial
+
+    assert expected_epochs_per_trial(max_t, grace, rf) == pytest.approx(expected)
+
+
 def test_diverged_trials_feedback_to_optuna():
     """pruned (default): PRUNED with the scores it had; worst: COMPLETE at the worst score seen; fail: FAIL."""
     from hpo.searcher import HonestOptunaSearch

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import tiny_run_config
+from helpers import child_pids
 from hpo.config import ConfigError
 from hpo.engine import Trainer, resolve_runtime
 
@@ -121,7 +122,7 @@ def test_compile_is_opt_in_and_checkpoints_keep_plain_keys(tiny_data):
 
 def _epoch_names(trainer: Trainer, epoch: int) -> list[str]:
     names = []
-    batches = iter(trainer._train_loader(epoch))
+    batches = iter(trainer.train_loader(epoch))
     for _ in range(trainer.steps_per_epoch):
         names += next(batches)["name"]
     return names
@@ -129,11 +130,13 @@ def _epoch_names(trainer: Trainer, epoch: int) -> list[str]:
 
 def test_loader_workers_persist_across_epochs_with_reproducible_batches(tiny_data):
     cfg = tiny_run_config(tiny_data, **{"data.workers": 1, "runtime.device": "cpu", "budget.iters_per_epoch": 2})
+    before = child_pids()
     trainer = Trainer(cfg, log=lambda *_: None)
     first = _epoch_names(trainer, 0)
-    pids = [w.pid for w in trainer._train_dl._iterator._workers]
+    workers = child_pids() - before                 # the loader's worker processes, started by epoch 0
+    assert len(workers) == 1
     second = _epoch_names(trainer, 1)
-    assert [w.pid for w in trainer._train_dl._iterator._workers] == pids     # same worker processes
+    assert child_pids() - before == workers                                  # same worker processes
     assert first != second                                                   # reshuffled per epoch
     # a fresh process (a resumed run) sees the same batches for epoch 1 as one that ran epoch 0 first
     assert _epoch_names(Trainer(cfg, log=lambda *_: None), 1) == second

@@ -10,56 +10,19 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_run_config, wait_for
+from conftest import wait_for
+from helpers import EPOCHS, SEARCH_SAMPLES as NUM_SAMPLES, child_runs, write_search_space as write_space
 from hpo import search
 
 pytestmark = pytest.mark.slow
-NUM_SAMPLES = 6
-EPOCHS = 3
 
 
-def write_space(tmp_path: Path, data_root: Path, name: str, **search_over) -> Path:
-    space = {
-        "experiment": {"name": name, "storage_path": str(tmp_path / "ray_results"),
-                       "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
-        "base": tiny_run_config(data_root),
-        "space": {
-            "model.selection.n3": {"type": "int", "low": 2, "high": 16},
-            "model.selection.n5": {"type": "int", "low": 4, "high": 64},
-            "loss.aux_weights.selection": {"type": "float", "low": 0.1, "high": 1.5},
-            "optim.lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
-        },
-        "search": {"sampler": "tpe", "seed": 1, "num_samples": NUM_SAMPLES, "max_concurrent": 2,
-                   "points_to_evaluate": [{"model.selection.n3": 11, "model.selection.n5": 32,
-                                           "loss.aux_weights.selection": 0.7, "optim.lr": 0.02}],
-                   **search_over},
-        "scheduler": {"name": "asha", "max_t": EPOCHS, "grace_period": 1, "reduction_factor": 3},
-        "resources": {"cpu": 1, "gpu": 0},
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(space, sort_keys=False))
-    return path
+def test_demo_search_end_to_end(toy_search, tmp_path):
+    """The shared toy search (conftest.py toy_search): what a user sees in MLflow and Optuna."""
+    name = toy_search.name
+    assert "leaderboard" in toy_search.out
 
-
-def child_runs(tmp_path: Path, name: str):
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name(name)
-    parents = client.search_runs([exp.experiment_id], f"tags.`ctxtune.search` = '{name}'")
-    assert len(parents) == 1
-    parent = parents[0]
-    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                                  max_results=1000)
-    return client, exp, parent, children
-
-
-def test_demo_search_end_to_end(ray_local, tiny_data, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)          # MLflow's sqlite store puts artifacts in ./mlruns
-    space = write_space(tmp_path, tiny_data, "e2e")
-    assert search.main([str(space), "--no-report"]) == 0
-    out = capsys.readouterr().out
-    assert "leaderboard" in out
-
-    client, exp, parent, children = child_runs(tmp_path, "e2e")
+    client, exp, parent, children = child_runs(toy_search.tmp, name)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"   # runs table, not GenAI view
     # one nested run per trial, each with params, metric histories, config and status
     assert len(children) == NUM_SAMPLES
@@ -84,12 +47,27 @@ def test_demo_search_end_to_end(ray_local, tiny_data, tmp_path, capsys, monkeypa
     # parent holds the space, base config, leaderboard and best config
     parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"space.yaml", "base_config.yaml", "leaderboard.csv", "best_config.yaml"} <= parent_artifacts
+    # the best trial, by the leaderboard's rule: of the trials that ran the full budget, the highest val_miou
+    best_of = {r.data.tags["ray_trial_id"]: max(m.value for m in client.get_metric_history(r.info.run_id, "val_miou"))
+               for r in children if r.data.tags["status"] == "completed"}
+    full_first = sorted(best_of, key=best_of.get, reverse=True)
+    assert parent.data.tags["best_trial"] == full_first[0]
+    assert parent.data.metrics["best_val_miou"] == pytest.approx(best_of[full_first[0]])
+    board = Path(client.download_artifacts(parent.info.run_id, "leaderboard.csv", str(tmp_path))).read_text()
+    rows = [line.split(",") for line in board.splitlines()[1:]]
+    assert [r[0] for r in rows] == [str(i) for i in range(1, NUM_SAMPLES + 1)]
+    assert [r[1] for r in rows[:len(full_first)]] == full_first            # full budget first, best first
+    best_run = next(r for r in children if r.data.tags["ray_trial_id"] == full_first[0])
+    best_cfg = yaml.safe_load(Path(client.download_artifacts(parent.info.run_id, "best_config.yaml",
+                                                             str(tmp_path))).read_text())
+    assert str(best_cfg["model"]["selection"]["n3"]) == best_run.data.params["model.selection.n3"]
+    assert str(best_cfg["optim"]["lr"]) == best_run.data.params["optim.lr"]
 
     # Optuna: the study persisted beside the Ray results; early-stopped trials are PRUNED
-    exp_dir = tmp_path / "ray_results" / "e2e"
+    exp_dir = toy_search.storage / name
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(exp_dir / "optuna_journal.log")))
-    study = optuna.load_study(study_name="e2e", storage=storage)
+    study = optuna.load_study(study_name=name, storage=storage)
     states = [t.state for t in study.trials]
     assert len(states) == NUM_SAMPLES
     assert states.count(optuna.trial.TrialState.PRUNED) == statuses.count("early_stopped")

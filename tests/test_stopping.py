@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from conftest import tiny_run_config
-from test_search import child_runs
+from helpers import child_runs
 from hpo.search_handle import find_search
 from hpo.search_runner import run_search
 from hpo.space import load_space
