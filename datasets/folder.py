@@ -414,14 +414,16 @@ def resolve(name: str, root: str | None, fc: FolderConfig) -> Resolved:
     return Resolved(root, fc, LabelDecoder(fc), palette)
 
 
-def preflight(cfg: dict) -> None:
+def preflight(cfg: dict) -> str | None:
     """File checks of a folder/camvid run config before training (no-op for other datasets): root,
-    split folders / list files, images without a label, label values on a sample of files."""
+    split folders / list files, images without a label, label values on a sample of files. Returns
+    the dataset's absolute root (camvid: perhaps from $CAMVID_DATASET), None for other datasets."""
     from .config import parse_data_config
 
     dc = parse_data_config(cfg)
     if dc.name not in NAMES:
-        return
+        return None
     res = resolve(dc.name, dc.root, dc.folder)
     for split in ("train", "val"):
         check_label_values(find_samples(res.root, res.config, split), res.decoder)
+    return os.path.abspath(res.root)

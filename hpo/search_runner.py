@@ -366,11 +366,14 @@ def absolutize_paths(base: dict) -> dict:
 
 def ensure_data(base: dict) -> None:
     """The demo's synthetic set is generated on first use (one line says so); a folder dataset's
-    files are checked before Ray starts (one line naming the file or key)."""
+    files are checked before Ray starts (one line naming the file or key), and a root taken from an
+    environment variable ($CAMVID_DATASET) is written into `base`, so every trial (any node) reads it."""
     from datasets import preflight
 
-    preflight(base)
+    root = preflight(base)
     data = base["data"]
+    if root and not data.get("root"):
+        data["root"] = root
     if data["name"] == "synthetic" and data.get("generate"):
         from datasets.synthetic import DEFAULTS_ROOT, ensure
 

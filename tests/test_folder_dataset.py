@@ -377,6 +377,27 @@ def test_camvid_preset_needs_a_root(monkeypatch, tmp_path):
         datasets.build({"data": {"name": "camvid"}})
 
 
+def test_camvid_layout_and_root_from_the_environment_reach_the_trials(tmp_path, monkeypatch):
+    from hpo.search_runner import ensure_data
+
+    values = (0, 3, 10, 11)
+    for split, n in (("train", 3), ("val", 2)):
+        for i in range(n):
+            write_image(tmp_path / split / f"0001TP_{i:06d}.png", i)
+            write_label(tmp_path / f"{split}annot" / f"0001TP_{i:06d}.png", raw_label(i, values))
+    monkeypatch.setenv("CAMVID_DATASET", str(tmp_path))
+    base = {"model": {"num_classes": 11}, "data": {"name": "camvid"}}
+    ensure_data(base)
+    assert base["data"]["root"] == str(tmp_path)      # trials on any node read the same root
+    data = datasets.build(base)
+    raw = raw_label(0, values)
+    np.testing.assert_array_equal(data.train.load(0)[1], expected(raw, {0: 0, 3: 3, 10: 10, 11: 255}))
+    assert data.class_names[10] == "Bicyclist" and data.palette[0].tolist() == [128, 128, 128]
+    base["model"]["num_classes"] = 12
+    with pytest.raises(DatasetError, match=r"^model.num_classes: 12, but the camvid preset declares 11 classes"):
+        datasets.build(base)
+
+
 @pytest.mark.skipif(not CAMVID.is_dir(), reason="no CamVid copy at ../shared/data/camvid")
 def test_camvid_trains_a_step_with_its_class_names(monkeypatch):
     from hpo.config import load_yaml, set_key
