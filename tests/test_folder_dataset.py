@@ -398,6 +398,29 @@ def test_camvid_layout_and_root_from_the_environment_reach_the_trials(tmp_path, 
         datasets.build(base)
 
 
+def test_the_docs_camvid_example_builds_the_same_dataset_as_the_preset(tmp_path):
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    block = re.search(r"```yaml\n(data:\n  name: folder\n.*?)```", doc, re.S).group(1)
+    cfg = yaml.safe_load(block.replace("/data/CamVid", str(tmp_path)).replace("{num_classes: 11, ...}",
+                                                                               "{num_classes: 11}"))
+    for split, n in (("train", 3), ("val", 2)):
+        lines = []
+        for i in range(n):
+            name = f"0001TP_{i:06d}.png"
+            write_image(tmp_path / split / name, i)
+            write_label(tmp_path / f"{split}annot" / name, raw_label(i, (1, 4, 8, 11)))
+            lines.append(f"{split}/{name} {split}annot/{name}\n")
+        (tmp_path / f"{split}.txt").write_text("".join(lines))
+    datasets.preflight(cfg)
+    listed, preset = datasets.build(cfg), datasets.build({"data": {"name": "camvid", "root": str(tmp_path)}})
+    assert listed.class_names == preset.class_names and (listed.palette == preset.palette).all()
+    assert [s.label for s in listed.train.samples] == [s.label for s in preset.train.samples]
+    np.testing.assert_array_equal(listed.val.load(1)[1], preset.val.load(1)[1])
+    assert 255 in listed.val.load(1)[1]
+
+
 @pytest.mark.skipif(not CAMVID.is_dir(), reason="no CamVid copy at ../shared/data/camvid")
 def test_camvid_trains_a_step_with_its_class_names(monkeypatch):
     from hpo.config import load_yaml, set_key
