@@ -391,7 +391,10 @@ def dry_run(spec: SpaceFile, n: int = 3) -> None:
     prepare_environment()
     preflight(spec.base)                 # a folder dataset's files (no-op for the others)
     print(f"search '{spec.experiment.name}': {spec.search.num_samples} trials, sampler {spec.search.sampler}, "
-          f"scheduler {spec.scheduler.name} (max_t={spec.scheduler.max_t}), "
+          f"scheduler {spec.scheduler.name}"
+          + (f" ({spec.scheduler.trust} early stopping" + (f", rungs at {rung_milestones(spec)}" if rung_milestones(spec)
+                                                           else "") + ")" if spec.scheduler.name == "asha" else "")
+          + f" (max_t={spec.scheduler.max_t}), "
           f"{spec.resources.cpu} CPU / {spec.resources.gpu} GPU per "
           + (f"worker, {spec.resources.workers} data-parallel workers per trial" if spec.resources.workers > 1
              else "trial"))

@@ -120,7 +120,7 @@ class CalibrationSection(_Strict):
     audit_share: float = Field(0.1, ge=0, le=1)      # share of later trials never stopped
     rho_min: float = Field(0.5, gt=-1, lt=1)         # lower bound a signal's rank correlation must reach to cut on it
     confidence: float = Field(0.8, gt=0.5, lt=1)     # of that lower bound
-    tail: float = Field(0.9, gt=0, lt=1)             # quantile of the predictor's misses used as the cut's margin
+    tail: float = Field(0.95, gt=0, lt=1)            # quantile of the predictor's misses used as the cut's margin
 
 
 class SchedulerSection(_Strict):

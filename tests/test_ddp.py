@@ -39,7 +39,8 @@ def space_file(tmp_path: Path, data_root: Path, resources: dict) -> Path:
              "base": base,
              "space": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.02, "log": True}},
              "search": {"sampler": "random", "seed": 0, "num_samples": 1, "max_concurrent": 2},
-             "scheduler": {"name": "asha", "max_t": EPOCHS, "grace_period": 1, "reduction_factor": 2},
+             "scheduler": {"name": "asha", "max_t": EPOCHS, "grace_period": 1, "reduction_factor": 2,
+                           "trust": "raw"},
              "resources": resources}
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))

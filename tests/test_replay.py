@@ -246,7 +246,7 @@ def real_search(ray_local, tiny_data, tmp_path_factory):
                   "optim.lr": {"type": "float", "low": 1e-3, "high": 0.2, "log": True}},
         "search": {"sampler": "random", "seed": 5, "num_samples": REAL["num_samples"], "max_concurrent": 1},
         "scheduler": {"name": "asha", "max_t": REAL["max_t"], "grace_period": REAL["grace"],
-                      "reduction_factor": REAL["rf"]},
+                      "reduction_factor": REAL["rf"], "trust": "raw"},      # Ray's ASHA: its decisions replayed
         "resources": {"cpu": 1, "gpu": 0},
     }
     path = tmp / "realreplay.yaml"
@@ -269,7 +269,7 @@ def test_replaying_a_real_search_reproduces_its_asha_decisions(real_search):
     assert len(real) == REAL["num_samples"]
     assert {"completed", "early_stopped"} <= {s for s, _ in real}, real
     source = from_search(found)
-    res = replay(source, ReplaySettings(sampler="random", seed=5, grace_period=REAL["grace"],
+    res = replay(source, ReplaySettings(sampler="random", seed=5, grace_period=REAL["grace"], trust="raw",
                                         reduction_factor=REAL["rf"], max_concurrent=1,
                                         num_samples=REAL["num_samples"]))
     # the same sampler and seed suggest the same configs, and ASHA decides the same on the same curves
@@ -283,7 +283,7 @@ def test_replay_cli_on_a_finished_search(real_search, capsys):
     rc = replay.main(["realreplay", "--storage-path", str(real_search / "ray_results"), "--grace", "2"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "replay of search realreplay: random, ASHA grace 2" in out
+    assert "replay of search realreplay: random, ASHA (raw) grace 2" in out
     assert replay.main(["nosuchsearch", "--storage-path", str(real_search / "ray_results")]) == 2
     assert "no search 'nosuchsearch'" in capsys.readouterr().err
 

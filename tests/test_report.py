@@ -44,7 +44,7 @@ def write_space(tmp_path: Path, name: str, space: dict | None = None) -> Path:
         "base": tiny_run_config(tmp_path / "data"),
         "space": space or KNOBS,
         "search": {"sampler": "random", "num_samples": 8},
-        "scheduler": {"name": "asha", "max_t": MAX_T, "grace_period": 1, "reduction_factor": 3},
+        "scheduler": {"name": "asha", "max_t": MAX_T, "grace_period": 1, "reduction_factor": 3, "trust": "raw"},
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -78,7 +78,7 @@ def test_cost_ledger_in_mlflow(ray_local, tiny_data, tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     path = write_space(tmp_path, tiny_data, "ledger", {})
     raw = yaml.safe_load(path.read_text())
-    raw["scheduler"] = {"name": "asha", "max_t": EPOCHS, "grace_period": 1, "reduction_factor": 2}
+    raw["scheduler"] = {"name": "asha", "max_t": EPOCHS, "grace_period": 1, "reduction_factor": 2, "trust": "raw"}
     raw["search"]["num_samples"] = 4
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     assert run_search(load_space(path), space_path=str(path), report=False) == 0
