@@ -216,6 +216,7 @@ class CalibratedASHA(FIFOScheduler):
         incumbent = max(self.s.final.values())          # the best final score as of this decision
         if mine + conformal_margin(residuals, self.tail) < incumbent:
             stats.cut += 1
+            stats.cut_raw += mode == RAW
             self.s.estimates[tid] = self.sign * mine
             return TrialScheduler.STOP
         stats.kept += 1

@@ -33,13 +33,15 @@ class RungStats:
     lb_pred: float = math.nan
     mode: str = PASS
     cut: int = 0
+    cut_raw: int = 0                 # of which cut on the raw score (the rest on the prediction)
     kept: int = 0                    # trials that reached the rung and went on (audits included)
 
     def line(self, rung: int) -> str:
         verb = {PASS: "passed (no cut)", RAW: "cut on the raw score", PREDICTED: "cut on the predicted final"}
         return (f"calibrated stopping at validation {rung}: {verb[self.mode]}; rho(raw, final) = {_f(self.rho_raw)} "
                 f"[lower bound {_f(self.lb_raw)}], rho(predicted, final) = {_f(self.rho_pred)} "
-                f"[{_f(self.lb_pred)}] over {self.n} full curves; {self.cut} cut, {self.kept} went on")
+                f"[{_f(self.lb_pred)}] over {self.n} full curves; {self.cut} cut ({self.cut_raw} on the raw score), "
+                f"{self.kept} went on")
 
 
 def _f(v: float) -> str:

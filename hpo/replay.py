@@ -1,24 +1,26 @@
 """Replay a search in simulated time through the real searcher and scheduler objects.
 
-    python -m hpo.replay                                   # the tabulated benchmark, the demo's settings
-    python -m hpo.replay --schedule wsd --grace 3 --rf 2 --sampler tpe --budget-epochs 243
+    python -m hpo.replay                                   # the embedded curve table, the demo space's settings
+    python -m hpo.replay --table my_curves.npz --trust raw # any curve table (docs/replay.md), plain ASHA
     python -m hpo.replay SEARCH                            # a finished search's own logged curves
     python -m hpo.replay SEARCH --sampler random --grace 2 # "would this have found my winner cheaper?"
     python -m hpo.replay SEARCH --prior-share 0            # the same search without sampling around its defaults
 
-A replay is a search whose trials do not train: each suggested config is snapped to the nearest
-config with known learning curves (the tabulated benchmark `benchmarks/tables/*.npz`, or the trials
-of a finished search) and its results arrive from that curve at simulated times. Everything else is
-the code a real `hpo.search` runs: `HonestOptunaSearch` with the sampler `make_sampler` builds,
-behind Ray's `ConcurrencyLimiter`, and Ray's `ASHAScheduler`, called in the order Ray's
-TuneController calls them (Syne Tune's simulator backend follows the same design):
+A replay is a search whose trials do not train: each suggestion is a config with known learning
+curves (a curve table, or the trials of a finished search) and its results arrive from that curve at
+simulated times. Everything else is the code a real `hpo.search` runs: `HonestOptunaSearch` with the
+sampler `make_sampler` builds, behind Ray's `ConcurrencyLimiter`, and the scheduler
+`hpo.calibrated.make_scheduler` builds from the same settings (calibrated early stopping or Ray's
+`ASHAScheduler`), called in the order Ray's TuneController calls them (Syne Tune's simulator backend
+follows the same design):
 
 - a free slot asks the searcher (`suggest`) and adds the trial to the scheduler (`on_trial_add`);
 - each result goes to `scheduler.on_trial_result`; unless that says STOP it goes on to
   `searcher.on_trial_result`; the trial's last result (its budget, a STOP, or a diverged loss)
   ends it with `scheduler.on_trial_complete` then `searcher.on_trial_complete`;
 - events are taken from a heap of simulated finish times (ties in creation order); a stopped trial
-  drops its future events; the replay ends at `num_samples` trials or an epoch budget.
+  drops its future events; the replay ends at `num_samples` trials or an epoch budget, each
+  validation costing the epochs since the previous one (a table's `epochs` list).
 
 Result times: per-epoch seconds of the tabulated run; for a search source, each result's own
 `time_this_iter_s` from Ray's per-trial result.json when the Ray results are on this machine (the
@@ -26,9 +28,11 @@ first one includes the trial's start-up), else 1 time unit per epoch. With one t
 order, and so every ASHA decision, does not depend on durations; with more it can.
 
 Choices, documented because the real search cannot tell us:
-- Snapping: nearest tabulated config in the unit cube of the space (log knobs on their log scale,
-  ints over their range, categoricals 0/1). The searcher is told the snapped config's scores for
-  the params it asked.
+- Snapping (`SnapToTable`): the sampler proposes, the proposal is snapped to the nearest known config
+  in the unit cube of the space (log knobs on their log scale, ints over their range, categoricals
+  by index) and the Optuna trial records *that* config's params, so the sampler learns from the
+  configs that were evaluated. Tables: the nearest config not replayed yet (drawn without
+  replacement); a finished search: the nearest (its own suggestions replay exactly).
 - Training noise: each trial draws one of the tabulated training seeds (the replay's RNG).
 - A trial that needs an epoch its source never measured (a search's early-stopped trial promoted
   further in the replay) ends there and counts as `censored`; the summary says how many.
@@ -49,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from optuna.samplers import BaseSampler
 
 from hpo.calibration import to_unit
 
@@ -293,45 +298,40 @@ def expected_epochs_per_trial(max_t: int, grace: int, rf: float) -> float:
     return total
 
 
-class SnapToTable:
+class SnapToTable(BaseSampler):
     """Replay only: an Optuna sampler that lets `base` propose a config, snaps the proposal to a
     tabulated config and returns that config's params, so the study records the config whose scores
     it is told (not the neighbour it asked for). `exclude_used`: the nearest config not replayed yet
     (configs drawn without replacement, as a table benchmark's random search does), until all were."""
 
-    def __new__(cls, base, source: CurveSource, exclude_used: bool = True):
-        from optuna.samplers import BaseSampler
+    def __init__(self, base: BaseSampler, source: CurveSource, exclude_used: bool = True):
+        self.base, self.source, self.exclude_used = base, source, exclude_used
+        self.used: set[int] = set()
 
-        class _Snap(BaseSampler):
-            def __init__(self):
-                self.base, self.source, self.used = base, source, set()
+    def infer_relative_search_space(self, study, trial):
+        return dict(self.source.distributions)
 
-            def infer_relative_search_space(self, study, trial):
-                return dict(self.source.distributions)
+    def sample_relative(self, study, trial, search_space):
+        inner = self.base.infer_relative_search_space(study, trial)
+        proposal = dict(self.base.sample_relative(study, trial, inner) if inner else {})
+        for name, dist in self.source.distributions.items():
+            if name not in proposal:
+                proposal[name] = self.base.sample_independent(study, trial, name, dist)
+        i = self.source.snap(proposal, self.used if self.exclude_used else frozenset())
+        self.used.add(i)
+        return dict(self.source.params[i])
 
-            def sample_relative(self, study, trial, search_space):
-                inner = self.base.infer_relative_search_space(study, trial)
-                proposal = dict(self.base.sample_relative(study, trial, inner) if inner else {})
-                for name, dist in self.source.distributions.items():
-                    if name not in proposal:
-                        proposal[name] = self.base.sample_independent(study, trial, name, dist)
-                i = self.source.snap(proposal, self.used if exclude_used else frozenset())
-                self.used.add(i)
-                return dict(self.source.params[i])
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
 
-            def sample_independent(self, study, trial, param_name, param_distribution):
-                return self.base.sample_independent(study, trial, param_name, param_distribution)
+    def before_trial(self, study, trial):
+        self.base.before_trial(study, trial)
 
-            def before_trial(self, study, trial):
-                self.base.before_trial(study, trial)
+    def after_trial(self, study, trial, state, values):
+        self.base.after_trial(study, trial, state, values)
 
-            def after_trial(self, study, trial, state, values):
-                self.base.after_trial(study, trial, state, values)
-
-            def reseed_rng(self):
-                self.base.reseed_rng()
-
-        return _Snap()
+    def reseed_rng(self):
+        self.base.reseed_rng()
 
 
 def build_schedulers(source: CurveSource, s: ReplaySettings, max_t: int, max_concurrent: int):
