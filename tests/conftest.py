@@ -16,6 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = {"train": 24, "val": 6, "size": [64, 128], "seed": 0}
 
 
+def pytest_collection_modifyitems(items):
+    """A test that starts a real local Ray (the ray_local fixture, directly or through another
+    fixture) is an end-to-end test: marked slow, so `-m "not slow"` (make mutation) leaves it out."""
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     import ray

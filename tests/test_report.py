@@ -350,3 +350,68 @@ def test_auto_report_never_fails_the_search(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: the sensitivity report failed"), err
     assert f"python -m hpo.report {blocker}" in err[0]
+
+
+def test_report_cost_table_from_ray_results_and_a_result_line_cut_short(tmp_path, capsys):
+    """Costs come from Ray's result.json (device_seconds per result); a line cut short by an interrupted
+    write is skipped. The report's Cost table: per rung segment, per status and in total."""
+    trials = synthetic_trials(distributions(tmp_path), lambda p: 30 * p["optim.momentum"], n=8)
+    exp_dir = write_search(tmp_path, "cost", trials, journal=True, ray=True)
+    for d in sorted(exp_dir.glob("run_trial_*")):
+        rows = [json.loads(ln) for ln in (d / "result.json").read_text().splitlines()]
+        (d / "result.json").write_text("".join(json.dumps({**r, "device_seconds": 2.0 * r["training_iteration"],
+                                                           "device_kind": "cpu"}) + "\n" for r in rows)
+                                       + '{"trial_id": "cut", "training_iter')        # interrupted write
+    by_status = {"completed": 0.0, "early_stopped": 0.0, "failed": 0.0}
+    name = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "early_stopped", TrialState.FAIL: "failed"}
+    for t in trials:
+        by_status[name[t["state"]]] += sum(2.0 * step for step in t["curve"])
+    total = sum(by_status.values())
+    first = 2.0 * len(trials)                                    # every trial paid for epoch 1
+    found = locate(str(exp_dir))
+    assert [(t.trial_id, t.curve) for t in found.trials] == [(t["id"], t["curve"]) for t in trials]
+    assert sum(sum(t.cost.values()) for t in found.trials) == pytest.approx(total)
+    assert {t.device_kind for t in found.trials} == {"cpu"}
+    (exp_dir / "optuna_journal.log").rename(tmp_path / "journal.bak")      # rebuilt from the Ray results alone
+    assert [(t.trial_id, t.curve, t.status) for t in locate(str(exp_dir)).trials] == \
+           [(t.trial_id, t.curve, t.status) for t in found.trials]
+    (tmp_path / "journal.bak").rename(exp_dir / "optuna_journal.log")
+
+    assert report.main([str(exp_dir), "--out", str(tmp_path / "out"), "--no-mlflow"]) == 0
+    page = parse_page(tmp_path / "out" / "report.html")
+    cells = [c.strip() for c in page.text if c.strip()]
+    at = cells.index("spent")
+    table = cells[at:at + 3 + 6 * 3]
+    assert table == ["spent", "CPU-seconds", "share",
+                     "epoch 1", f"{first:.0f}", f"{100 * first / total:.0f}%",
+                     "epochs 2-3", f"{total - first:.0f}", f"{100 * (total - first) / total:.0f}%",
+                     "on completed trials", f"{by_status['completed']:.0f}",
+                     f"{100 * by_status['completed'] / total:.0f}%",
+                     "on early-stopped trials", f"{by_status['early_stopped']:.0f}",
+                     f"{100 * by_status['early_stopped'] / total:.0f}%",
+                     "on failed trials", f"{by_status['failed']:.0f}", f"{100 * by_status['failed'] / total:.0f}%",
+                     "total", f"{total:.0f}", "100%"]
+
+
+def test_find_search_edge_cases(tmp_path):
+    """--space overrides the recorded space file; a missing space file or a corrupt state file is one
+    SearchNotFound line saying what to do."""
+    from hpo.search_handle import SearchNotFound
+
+    trials = synthetic_trials(distributions(tmp_path), lambda p: 10 * p["optim.momentum"], n=6)
+    exp_dir = write_search(tmp_path, "edge", trials, parent=False)
+    recorded = Path(json.loads((exp_dir / STATE_FILE).read_text())["space"])
+    copy = tmp_path / "copy.yaml"
+    copy.write_text(recorded.read_text())
+    recorded.unlink()                                        # moved or deleted since the search
+    with pytest.raises(SearchNotFound, match=r"ctxtune_search.json.space: space file .*edge.yaml not found "
+                                             r"\(pass --space SPACE.yaml\)"):
+        locate(str(exp_dir))
+    handle = locate("edge", str(tmp_path / "ray_results"), space=str(copy))
+    assert handle.space_source == str(copy) and len(handle.trials) == 6
+    with pytest.raises(SearchNotFound, match="--space: space file .*nowhere.yaml not found"):
+        locate(str(exp_dir), space=str(tmp_path / "nowhere.yaml"))
+    (exp_dir / STATE_FILE).write_text('["not", "a", "state"')
+    with pytest.raises(SearchNotFound, match=r"ctxtune_search.json: not a ctxtune search state \(expected a JSON "
+                                             r"object\)"):
+        locate(str(exp_dir))

@@ -156,3 +156,33 @@ def test_broken_tracking_store_warns_once_and_trains(tiny_data, tmp_path, monkey
     assert (tmp_path / "out" / hpo_train.DONE).is_file()
     assert "final val mIoU" in captured.out
 
+
+
+def test_exit_codes_seed_override_and_rerun_of_a_finished_run(tiny_data, tmp_path, monkeypatch, capsys):
+    """0 for a run (and for --resume of one that finished: nothing retrained), --seed overrides the
+    config's seed, 1 with one line for a diverged training (its MLflow run FAILED with the reason)."""
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, tiny_data, **{"budget.epochs": 1})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "out"
+    assert hpo_train.main([str(config), "--out", str(out), "--seed", "7", "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FINISHED" and run.data.params["seed"] == "7"
+    done = (out / hpo_train.DONE).read_text()
+    capsys.readouterr()
+    assert hpo_train.main([str(config), "--out", str(out), "--resume", "--tracking-uri", uri]) == 0
+    assert capsys.readouterr().out.strip() == f"{out}: this run already finished (remove {out / hpo_train.DONE} " \
+                                               "to evaluate again)"
+    assert (out / hpo_train.DONE).read_text() == done                      # not evaluated again
+    assert len(client.search_runs([run.info.experiment_id])) == 1          # no second run
+
+    (tmp_path / "d").mkdir()
+    diverging = write_config(tmp_path / "d", tiny_data, **{"budget.epochs": 2, "optim.lr": 1e12})
+    assert hpo_train.main([str(diverging), "--out", str(tmp_path / "nan"), "--tracking-uri", uri]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: training diverged: ") and "Traceback" not in err[0]
+    failed = [r for r in client.search_runs([run.info.experiment_id]) if r.info.run_id != run.info.run_id]
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    assert failed[0].data.tags["error"].startswith("DivergenceError: ")
+    assert not (tmp_path / "nan" / hpo_train.DONE).exists()
