@@ -74,7 +74,8 @@ class Meter:
         now = time.time()
         cost, self.last = (now - self.last) * self.devices, now
         self.spent += cost
-        return {"device_seconds": cost, "device_seconds_total": self.spent, "device_kind": self.kind}
+        return {"device_seconds": cost, "device_seconds_total": self.spent, "device_kind": self.kind,
+                "devices_held": self.devices}
 
 
 def restore(trainer: Trainer, meter: Meter, checkpoint) -> None:
