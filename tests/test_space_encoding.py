@@ -93,3 +93,4 @@ def test_each_sampler_name_builds_that_sampler_seeded(name, cls):
     off = spec(search={"sampler": name, "prior": {"share": 0}})
     assert isinstance(make_sampler(off), cls)
 
+
