@@ -84,3 +84,22 @@ def test_command_line_overrides_are_validated_like_the_file(flags, expected, cap
     assert search.main([str(DEMO), *flags, "--dry-run"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(expected), err
+
+
+def test_resume_of_an_unknown_search_and_reusing_a_name_are_one_line_before_ray(tmp_path, capsys):
+    """Both are refused before Ray starts or MLflow is touched: exit 2, one line saying what to do."""
+    import json
+
+    storage = tmp_path / "ray_results"
+    common = ["--storage-path", str(storage), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    assert search.main([str(DEMO), "--name", "nosuch", "--resume", *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --resume: no search named 'nosuch' under {storage} "
+                   f"(looked for {storage / 'nosuch' / 'ctxtune_search.json'})"]
+    (storage / "taken").mkdir(parents=True)
+    (storage / "taken" / "ctxtune_search.json").write_text(json.dumps({"space": str(DEMO)}))
+    assert search.main([str(DEMO), "--name", "taken", *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: experiment.name: a search named 'taken' already exists under {storage}; "
+                   "use --resume to continue it or --name to start another"]
+    assert not (tmp_path / "mlflow.db").exists()
