@@ -178,12 +178,10 @@ def test_searcher_is_told_the_estimate_of_a_cut_trial():
 
 
 @pytest.mark.slow
-def test_real_search_logs_its_rung_decisions(ray_local, tiny_data, tmp_path):
+def test_real_search_logs_its_rung_decisions(ray_local, tiny_data, tmp_path, monkeypatch):
     """A real Ray search with calibrated stopping: per-rung modes and correlations on the parent MLflow
     run match the scheduler's state file, cut trials carry their predicted final, and Optuna was told
     that prediction."""
-    import os
-
     import optuna
     import yaml
 
@@ -197,12 +195,8 @@ def test_real_search_logs_its_rung_decisions(ray_local, tiny_data, tmp_path):
                                                              "tail": 0.05})
     doc["search"]["sampler"] = "random"
     space.write_text(yaml.safe_dump(doc, sort_keys=False))
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        assert search.main([str(space), "--no-report"]) == 0
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp_path)                 # MLflow artifacts stay in the test's folder
+    assert search.main([str(space), "--no-report"]) == 0
     exp_dir = tmp_path / "ray_results" / "calib"
     state = json.loads((exp_dir / CALIBRATION_FILE).read_text())
     rung = state["rungs"]["1"]
