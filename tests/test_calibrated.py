@@ -270,3 +270,25 @@ def test_replay_runs_the_search_scheduler_and_never_cuts_on_backward_rungs(tmp_p
                 assert all(res.scheduler.rungs[v].cut_raw == 0 for v in early if v in res.scheduler.rungs)
                 assert sum(res.scheduler.rungs[v].cut for v in res.scheduler.rungs) > 0   # it did cut, on the prediction
     assert np.mean(regrets["calibrated"]) < np.mean(regrets["raw"]), regrets
+
+
+def test_table_epochs_are_charged_and_the_cli_replays_the_demo_settings(tmp_path, capsys):
+    """A table that validates at epochs 1, 2, 4, 8: each trial costs 8 epochs, not 4 validations; and
+    `hpo.replay --table FILE` alone replays the demo space's sampler, scheduler and concurrency."""
+    from benchmarks.synthetic_table import make_table
+    from hpo import replay as cli
+    from hpo.replay import ReplaySettings, from_table, replay
+
+    path = make_table(tmp_path / "sparse.npz", configs=64, epochs=8, dims=2, validations=[1, 2, 4, 8])
+    source = from_table(path)
+    assert source.max_t == 4 and [source.cost(v) for v in (1, 2, 3, 4)] == [1, 1, 2, 4]
+    res = replay(source, ReplaySettings(sampler="random", scheduler="none", max_concurrent=1, num_samples=3))
+    assert res.epochs == 3 * 8 and all(t.epochs == 4 and t.status == "completed" for t in res.trials)
+    assert res.regret_at(15) == res.regret_at(8) and res.trajectory[0][0] == 8
+
+    assert cli.main(["--table", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "tpe, ASHA (calibrated) grace 2 rf 3.0, 2 at a time, seed 0" in out     # search_spaces/demo.yaml
+    assert "epochs" in out and "calibrated stopping at validation 2" in out
+    assert cli.main(["--table", str(tmp_path / "missing.npz")]) == 2
+    assert "missing.npz: table not found" in capsys.readouterr().err
