@@ -19,7 +19,6 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from mlflow.tracking import MlflowClient
 
 from conftest import REPO, tiny_run_config, wait_for
 
@@ -200,6 +199,8 @@ def search_env(extra: dict | None = None) -> dict:
 
 def trial_runs(uri: str, name: str):
     """(client, parent run, nested trial runs) of the search `name`."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -212,7 +213,7 @@ def trial_runs(uri: str, name: str):
     return client, parents[0], children
 
 
-def assert_complete_history(client: MlflowClient, run, epochs: int | None = None) -> list[int]:
+def assert_complete_history(client, run, epochs: int | None = None) -> list[int]:
     """Every epoch logged once: steps 1..epochs_run, no gap, no duplicate, loss beside each."""
     done = int(run.data.tags["epochs_run"])
     if epochs is not None:
@@ -249,6 +250,8 @@ def write_search_space(tmp_path: Path, data_root: Path, name: str, **search_over
 
 
 def child_runs(tmp_path: Path, name: str):
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name(name)
     parents = client.search_runs([exp.experiment_id], f"tags.`ctxtune.search` = '{name}'")
@@ -270,3 +273,27 @@ def child_pids() -> set[int]:
         if int(fields[1]) == me and fields[0] != "Z":      # fields: state, ppid, ...
             pids.add(int(stat.parent.name))
     return pids
+
+
+# --- independent computations the tests compare the code with -------------------------------------
+def ranks(values: list[float]) -> list[float]:
+    """1-based ranks, ties given their average rank (written out, not scipy)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def hand_spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rho as Pearson's correlation of the ranks."""
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    dx, dy = [v - mx for v in rx], [v - my for v in ry]
+    return sum(a * b for a, b in zip(dx, dy)) / (sum(a * a for a in dx) * sum(b * b for b in dy)) ** 0.5

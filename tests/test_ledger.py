@@ -63,7 +63,8 @@ def test_no_full_budget_trial_and_no_cost():
     book = ledger([trial(0, "early_stopped", {1: 4.0})], [1, 3])
     assert book.full_training is None and book.full_trainings is None
     assert "cost_full_trainings" not in book.metrics()
-    assert "x one full training" not in book.lines()[0]
+    assert book.lines() == ["cost: 4 s CPU-time over 1 trials; 100% on early-stopped trials, 0% on failed ones; "
+                            "by rung segment: epoch 1 4 s, epochs 2-3 0 s"]
     empty = ledger([trial(0, "unfinished", {})], [1, 3])
     assert empty.trials == 0 and empty.total == 0 and empty.share("completed") == 0.0
     assert empty.lines() == ["cost: no trial reported its cost"]
@@ -90,3 +91,10 @@ def test_log_to_run_writes_the_metrics_and_the_kind(tmp_path):
     nan = Ledger("cpu", 0.0, [("epoch 1", math.nan)], {}, None, 0)     # a non-finite value is left out
     log_to_run(client, run, nan, prefix="n_")
     assert "n_device_seconds_epoch_1" not in client.get_run(run).data.metrics
+
+
+@pytest.mark.parametrize("seconds, shown", [(3599.4, "3599 s"), (3600.0, "1.00 h"), (360000.0, "100.00 h"),
+                                            (5.6, "6 s")])
+def test_seconds_are_shown_in_hours_from_one_hour(seconds, shown):
+    book = ledger([trial(0, "completed", {1: seconds})], [1])
+    assert book.lines()[0].startswith(f"cost: {shown} CPU-time over 1 trials")

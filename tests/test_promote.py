@@ -58,8 +58,9 @@ def promoted(finished_search):
         try:
             runs = promoted_runs(s)
             done = [r for r in runs if r.info.status == "FINISHED"]
+            # still RUNNING after the Ctrl+C has been handled: caught with at least 2 epochs to go
             going = [r for r in runs if r.info.status == "RUNNING"
-                     and client.get_metric_history(r.info.run_id, "val_miou")]
+                     and 1 <= len(client.get_metric_history(r.info.run_id, "val_miou")) <= PROMOTE_EPOCHS - 2]
         except Exception:  # noqa: BLE001 - the promotion process is writing the SQLite store: look again
             return None
         return (done, going) if done and going else None

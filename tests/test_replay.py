@@ -15,6 +15,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import tiny_run_config
+from helpers import hand_spearman
 
 
 def synthetic_source(n: int = 64, max_t: int = 9, seeds: int = 2):
@@ -155,70 +156,6 @@ def test_diverged_trials_feedback_to_optuna():
             assert trial.value == 3.0          # the worst score any trial reported
         if mode == "pruned":
             assert trial.intermediate_values == {1: 3.0}
-
-
-def ranks(values: list[float]) -> list[float]:
-    """1-based ranks, ties given their average rank (written out, not scipy)."""
-    order = sorted(range(len(values)), key=values.__getitem__)
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def hand_spearman(x: list[float], y: list[float]) -> float:
-    """Pearson's correlation of the ranks."""
-    rx, ry = np.array(ranks(x)), np.array(ranks(y))
-    dx, dy = rx - rx.mean(), ry - ry.mean()
-    return float((dx * dy).sum() / math.sqrt((dx * dx).sum() * (dy * dy).sum()))
-
-
-@pytest.mark.parametrize("x, y, expected", [
-    ([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], -1.0),                    # inverted
-    ([1, 2, 3, 4, 5, 6], [0.1, 0.2, 8.0, 9.0, 50.0, 51.0], 1.0),       # monotone, not linear
-    ([0, 1, 2, 3, 4, 5, 6, 7], [8, 1, 6, 3, 4, 5, 2, 7], -1 / 21),     # 1 - 6 * 88 / (8 * 63)
-    ([1, 2, 2, 3, 5], [2, 1, 4, 4, 9], None),                          # ties: average ranks
-])
-def test_spearman_on_known_data(x, y, expected):
-    from hpo.rung_check import spearman
-
-    rho = spearman([float(v) for v in x], [float(v) for v in y])
-    assert rho == pytest.approx(hand_spearman(x, y), abs=1e-12)
-    if expected is not None:
-        assert rho == pytest.approx(expected, abs=1e-12)
-    assert math.isnan(spearman([1.0, 2.0, 3.0], [4.0, 4.0, 4.0]))      # a constant side: no verdict
-    assert math.isnan(spearman([1.0, 2.0], [2.0, 1.0]))                 # under 3 trials
-
-
-def test_rung_correlation_table():
-    from hpo.rung_check import LOW, RungCorrelation, verdict
-
-    check = RungCorrelation([1, 3, 9])
-    for i in range(8):
-        assert check.add(f"t{i}", 1, float(i)) is None                  # no pair yet
-        assert check.add(f"t{i}", 3, float(i) if i % 2 else float(8 - i)) == (1, 3)
-    for i in range(4):
-        assert check.add(f"t{i}", 9, float(i)) == (3, 9)
-    assert check.add("t7", 5, 1.0) is None and check.add("t6", 9, math.nan) is None   # not a milestone / not finite
-    (a, b, rho, n), (a2, b2, rho2, n2) = check.table()
-    assert (a, b, n) == (1, 3, 8) and rho == pytest.approx(-1 / 21)
-    ys = [8.0, 1.0, 6.0, 3.0]                                           # t0..t3 at epoch 3
-    assert (a2, b2, n2) == (3, 9, 4) and rho2 == pytest.approx(hand_spearman(ys, [0.0, 1.0, 2.0, 3.0]))
-    low = verdict(a, b, rho, n, 9)
-    assert low.startswith("rung check: Spearman(epoch 1, epoch 3) = -0.05 over 8 trials: LOW")
-    assert "grace_period later than 1" in low
-    assert "too few" in verdict(3, 9, rho2, n2, 9)
-    ok = verdict(3, 9, LOW, 6, 9)
-    assert ok == "rung check: Spearman(epoch 3, epoch 9 = full budget) = 0.70 over 6 trials: early scores rank configs as later ones do"
-    assert "LOW" in verdict(3, 9, LOW - 0.01, 6, 9) and "too few" in verdict(3, 9, 0.9, 5, 9)
-    assert check.pair(1, 9) == (pytest.approx(hand_spearman([0, 1, 2, 3], [0, 1, 2, 3])), 4)
-    assert math.isnan(check.pair(5, 9)[0]) and check.pair(5, 9)[1] == 0
 
 
 # --- against a real search -------------------------------------------------------------------
