@@ -171,3 +171,36 @@ def test_colorize_and_overlay():
     assert np.array_equal(full[:, :2], col[:, :2]) and np.array_equal(full[:, 2], img[:, 2])
     with pytest.raises(DatasetError, match="does not match"):
         overlay(img, ids[:, :2], PALETTE)
+
+
+def hand_sliding(model, image, tiles_y, tiles_x, th, tw):
+    """Sliding window written out: softmax of every tile, averaged where tiles overlap."""
+    n, _, h, w = image.shape
+    total, count = torch.zeros(n, C, h, w), torch.zeros(1, 1, h, w)
+    with torch.no_grad():
+        for y in tiles_y:
+            for x in tiles_x:
+                total[:, :, y:y + th, x:x + tw] += model(image[:, :, y:y + th, x:x + tw])["out"].softmax(1)
+                count[:, :, y:y + th, x:x + tw] += 1
+    return total / count
+
+
+def test_sliding_window_tiles_by_hand():
+    """40x56 images, 24x32 tiles, default stride 2/3 of the tile (16, 21): rows start at 0, 16 and
+    columns at 0, 21, then 24 (the last tile aligned to the border)."""
+    m = ContextModel()
+    image = torch.randn(3, 3, 40, 56, generator=torch.Generator().manual_seed(2))
+    expected = hand_sliding(m, image, [0, 16], [0, 21, 24], 24, 32)
+    torch.testing.assert_close(predict_logits(m, image, crop=(24, 32), num_classes=C), expected, rtol=0, atol=1e-6)
+    # an explicit stride; a crop wider than the image is one tile of the image's width
+    expected = hand_sliding(m, image, [0, 10, 16], [0], 24, 56)
+    torch.testing.assert_close(predict_logits(m, image, crop=(24, 80), stride=(10, 5), num_classes=C), expected,
+                               rtol=0, atol=1e-6)
+    # a crop at least the image size: the whole image in one pass
+    torch.testing.assert_close(predict_logits(m, image, crop=(64, 64), num_classes=C),
+                               predict_logits(m, image, num_classes=C), rtol=0, atol=0)
+    # probabilities accumulate in float32 even for a bfloat16 batch
+    half = predict_logits(lambda x: m(x.float()), image.bfloat16(), crop=(24, 32), num_classes=C)
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, hand_sliding(lambda x: m(x.float()), image.bfloat16(), [0, 16], [0, 21, 24],
+                                                  24, 32), rtol=0, atol=1e-6)

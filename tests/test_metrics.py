@@ -105,3 +105,21 @@ def test_empty_matrix_and_all_ignored():
     res = cm.compute()
     assert res["per_class_iou"][0] == 0.5 and res["per_class_iou"][1] == 0.0 and math.isnan(res["per_class_iou"][2])
     assert res["miou"] == 0.25 and res["pixel_acc"] == 0.5
+
+
+def test_state_dict_carries_the_ignore_index_and_loads_as_int64_counts():
+    cm = ConfusionMatrix(3, ignore_index=7)
+    cm.update(torch.tensor([[0, 1, 2, 2]]), torch.tensor([[0, 1, 1, 7]]))
+    state = cm.state_dict()
+    assert set(state) == {"mat", "ignore_index"} and state["ignore_index"] == 7
+    other = ConfusionMatrix(3)                                   # ignore 255 until the state says 7
+    other.load_state_dict(state)
+    assert other.ignore_index == 7 and torch.equal(other.mat, cm.mat)
+    state["mat"][0, 0] = 99                                      # a copy: the loaded matrix is its own
+    assert other.mat[0, 0] == 1
+    old = ConfusionMatrix(3, ignore_index=4)
+    old.load_state_dict({"mat": torch.ones(3, 3, dtype=torch.float64)})   # an older state: counts as floats
+    assert old.mat.dtype == torch.int64 and old.ignore_index == 4 and int(old.mat.sum()) == 9
+    with pytest.raises(DatasetError) as err:
+        old.load_state_dict({"mat": torch.zeros(2, 3)})
+    assert str(err.value) == "metrics: state has shape (2, 3), expected 3x3"
