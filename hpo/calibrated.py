@@ -84,7 +84,8 @@ class _State:
 
 
 class CalibratedASHA(FIFOScheduler):
-    def __init__(self, *, metric: str, mode: str, max_t: int, grace_period: int = 1, reduction_factor: float = 3,
+    def __init__(self, *, max_t: int, metric: str | None = None, mode: str | None = None, grace_period: int = 1,
+                 reduction_factor: float = 3,
                  encode: Callable[[dict], list[float]], cold_start: int | None = None,
                  max_concurrent: int = 1, audit_share: float = 0.1, rho_min: float = 0.5,
                  confidence: float = 0.8, tail: float = 0.95, penalty: float = 1.0,
@@ -92,8 +93,7 @@ class CalibratedASHA(FIFOScheduler):
         from hpo.schedules import asha_rungs
 
         super().__init__()
-        self._metric, self._mode = metric, mode
-        self.sign = 1.0 if mode == "max" else -1.0
+        self._metric, self._mode = metric, mode       # or later from Tune: set_search_properties
         self.max_t, self.time_attr = max_t, time_attr
         self.milestones = sorted({math.ceil(r) for r in asha_rungs(grace_period, reduction_factor, max_t)} - {max_t})
         self.encode = encode
@@ -106,7 +106,15 @@ class CalibratedASHA(FIFOScheduler):
 
     # --- Ray's TrialScheduler interface ---------------------------------------------------------
     def set_search_properties(self, metric, mode, **spec) -> bool:
-        return (metric in (None, self._metric)) and (mode in (None, self._mode))
+        """Tune hands the search's metric and mode here (as to Ray's own schedulers)."""
+        if (self._metric and metric and metric != self._metric) or (self._mode and mode and mode != self._mode):
+            return False
+        self._metric, self._mode = self._metric or metric, self._mode or mode
+        return True
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self._mode == "max" else -1.0
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load_once()
@@ -236,17 +244,17 @@ class CalibratedASHA(FIFOScheduler):
 
 def make_scheduler(sched, distributions: dict[str, Any], max_concurrent: int, state_path: str | None = None):
     """The Tune scheduler a space file's `scheduler` section (hpo.space.SchedulerSection) asks for; the
-    real search and the replay both build theirs here."""
+    real search and the replay both build theirs here. Metric and mode come as Tune gives them to any
+    scheduler: `set_search_properties` (the Tuner's metric; the replay calls it the same way)."""
     from ray.tune.schedulers import ASHAScheduler
 
     if sched.name == "none":
         return FIFOScheduler()
     if sched.trust == "raw":
-        return ASHAScheduler(time_attr=sched.time_attr, metric=sched.metric, mode=sched.mode, max_t=sched.max_t,
-                             grace_period=sched.grace_period, reduction_factor=sched.reduction_factor,
-                             brackets=sched.brackets)
+        return ASHAScheduler(time_attr=sched.time_attr, max_t=sched.max_t, grace_period=sched.grace_period,
+                             reduction_factor=sched.reduction_factor, brackets=sched.brackets)
     c = sched.calibration
-    return CalibratedASHA(metric=sched.metric, mode=sched.mode, max_t=sched.max_t, grace_period=sched.grace_period,
+    return CalibratedASHA(max_t=sched.max_t, grace_period=sched.grace_period,
                           reduction_factor=sched.reduction_factor, encode=unit_encoder(distributions),
                           cold_start=c.cold_start, max_concurrent=max_concurrent, audit_share=c.audit_share,
                           rho_min=c.rho_min, confidence=c.confidence, tail=c.tail, time_attr=sched.time_attr,

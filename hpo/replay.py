@@ -334,16 +334,17 @@ class SnapToTable(BaseSampler):
         self.base.reseed_rng()
 
 
-def build_schedulers(source: CurveSource, s: ReplaySettings, max_t: int, max_concurrent: int):
+def build_scheduler(source: CurveSource, s: ReplaySettings, max_t: int, max_concurrent: int):
     """The scheduler a search with these settings builds (hpo.calibrated.make_scheduler)."""
     from hpo.calibrated import make_scheduler
     from hpo.space import CalibrationSection, SchedulerSection
 
-    section = SchedulerSection(name=s.scheduler, metric="val_miou", mode=source.mode, max_t=max_t,
+    section = SchedulerSection(name=s.scheduler, max_t=max_t,
                                grace_period=s.grace_period, reduction_factor=s.reduction_factor, trust=s.trust,
                                brackets=s.brackets, calibration=CalibrationSection(**s.calibration))
-    section = section.model_copy(update={"metric": source.metric})    # tables may score another metric
-    return make_scheduler(section, source.distributions, max_concurrent)
+    scheduler = make_scheduler(section, source.distributions, max_concurrent)
+    scheduler.set_search_properties(source.metric, source.mode)     # as the Tuner does with its metric
+    return scheduler
 
 
 def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
@@ -376,7 +377,7 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
     sampler = SnapToTable(sampler, source, exclude_used=s.snap == "unused")
     points = ([dict(s.defaults)] if s.defaults else []) + [p for p in s.points_to_evaluate if p != s.defaults]
     points = [source.params[source.snap(p)] for p in points]      # what will really be replayed
-    scheduler = build_schedulers(source, s, max_t, search.max_concurrent)
+    scheduler = build_scheduler(source, s, max_t, search.max_concurrent)
     searcher = HonestOptunaSearch(source.distributions, source.metric, source.mode, sampler=sampler, max_t=max_t,
                                   points_to_evaluate=points, feedback=s.feedback,
                                   diverged_feedback=s.diverged_feedback,

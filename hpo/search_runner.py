@@ -139,11 +139,9 @@ def build_tuner(search: OpenSearch):
         storage=JournalStorage(JournalFileBackend(str(search.exp_dir / JOURNAL_FILE))),
         feedback=spec.search.feedback, diverged_feedback=spec.search.diverged_feedback, stop_rule=stopper,
         final_estimate=getattr(scheduler, "estimate", None))
-    # A scheduler built with its own metric (Ray's ASHA under trust: raw) refuses Tune's: pass it only once.
-    metric, mode = (None, None) if getattr(scheduler, "metric", None) else (sched.metric, sched.mode)
     return tune.Tuner(
         plan.trainable,
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric=sched.metric, mode=sched.mode, search_alg=searcher, scheduler=scheduler,
                                     num_samples=spec.search.num_samples, max_concurrent_trials=concurrent,
                                     reuse_actors=plan.reuse_actors),
         run_config=tune.RunConfig(name=search.name, storage_path=str(search.exp_dir.parent), verbose=0,

@@ -29,9 +29,11 @@ def _dist():
 
 
 def _scheduler(**kw) -> CalibratedASHA:
-    args = dict(metric="score", mode="max", max_t=9, grace_period=1, reduction_factor=3,
+    args = dict(max_t=9, grace_period=1, reduction_factor=3,
                 encode=unit_encoder(_dist()), cold_start=8, audit_share=0.0, rho_min=0.5)
-    return CalibratedASHA(**{**args, **kw})
+    s = CalibratedASHA(**{**args, **kw})
+    assert s.set_search_properties("score", "max")        # as Tune does
+    return s
 
 
 def _run(s: CalibratedASHA, tid: str, x: float, curve: dict[int, float]) -> str:
