@@ -207,7 +207,7 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
                                metric=metric, mode=handle.mode, layout=layout)
     path = out_root / TUNE_NAME
     plan = trial_plan(resources, base, path, final_outputs=True)
-    callbacks = [logger, progress_printer(metric, epochs, name=_trial_label), *plan.callbacks]
+    callbacks = [logger, progress_printer(metric, epochs, name=_trial_label, total=len(jobs)), *plan.callbacks]
     if resuming:
         _print_restored(path)
         tuner = tune.Tuner.restore(str(path), trainable=plan.trainable, resume_unfinished=True, resume_errored=True)

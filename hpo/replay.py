@@ -557,7 +557,8 @@ def main(argv=None) -> int:
             except SearchNotFound as err:
                 raise ReplayError(str(err)) from None
             source = from_search(found)
-            settings = ReplaySettings.from_space(found.spec, snap="nearest")
+            # as many trials as the search ran (a stop rule or an interrupt may have ended it early)
+            settings = ReplaySettings.from_space(found.spec, snap="nearest", num_samples=len(source.params))
         else:
             from hpo.space import SpaceError
 

@@ -129,7 +129,7 @@ def build_tuner(search: OpenSearch):
     callbacks = [MLflowTrialLogger(search.tracking_uri, search.experiment_id, search.parent_run_id, search.base,
                                    sched.max_t, metric=sched.metric, rungs=rung_milestones(spec), mode=sched.mode,
                                    scheduler=scheduler),
-                 progress_printer(sched.metric, sched.max_t), *plan.callbacks]
+                 progress_printer(sched.metric, sched.max_t, total=spec.search.num_samples), *plan.callbacks]
     if search.resume:
         return tune.Tuner.restore(str(search.exp_dir), trainable=plan.trainable, resume_unfinished=True,
                                   resume_errored=True)
@@ -305,9 +305,10 @@ def trial_plan(resources: dict, base: dict, experiment_dir: Path, final_outputs:
                      False, int(have // need), [PlacementGroupReaper()])
 
 
-def progress_printer(metric: str, max_t: int, name=None):
+def progress_printer(metric: str, max_t: int, name=None, total: int | None = None):
     """A Tune callback printing a compact line per validation result (Ray's own table is off);
-    `name(trial)` labels a trial (default "trial <id>")."""
+    `name(trial)` labels a trial (default "trial <id>"); `total`: the trials the run will have (the
+    count says `3/15 done, 2 running`)."""
     from ray.tune import Callback
 
     from hpo.search_handle import trial_status
@@ -317,10 +318,11 @@ def progress_printer(metric: str, max_t: int, name=None):
     class ProgressPrinter(Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
             done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            running = sum(t.status == "RUNNING" for t in trials)
             score = (f"{metric} {result[metric]:.2f} loss {result.get('train_loss', float('nan')):.3f}"
                      if metric in result else result.get("status", "no score"))
             print(f"[{time.strftime('%H:%M:%S')}] {label(trial)} epoch {result.get('training_iteration')}/"
-                  f"{max_t} {score} ({done}/{len(trials)} done)", flush=True)
+                  f"{max_t} {score} ({done}/{total or len(trials)} done, {running} running)", flush=True)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             print(f"[{time.strftime('%H:%M:%S')}] {label(trial)} "
