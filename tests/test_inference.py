@@ -204,3 +204,27 @@ def test_sliding_window_tiles_by_hand():
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, hand_sliding(lambda x: m(x.float()), image.bfloat16(), [0, 16], [0, 21, 24],
                                                   24, 32), rtol=0, atol=1e-6)
+
+
+class StridedModel(nn.Module):
+    """Logits at half the input's resolution, as a bare tensor (no output dict)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, C, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_low_resolution_logits_are_resized_bilinearly_before_the_softmax(image):
+    import torch.nn.functional as F
+
+    m = StridedModel()
+    with torch.no_grad():
+        expected = F.interpolate(m(image), size=(40, 56), mode="bilinear", align_corners=False).softmax(1)
+    torch.testing.assert_close(predict_logits(m, image, num_classes=C), expected, rtol=0, atol=1e-6)
+    with pytest.raises(DatasetError) as err:
+        predict_logits(lambda x: m(x)[:, :3], image, num_classes=C)
+    assert str(err.value) == "model.num_classes: model returned 3 channels, expected 5"

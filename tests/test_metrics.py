@@ -123,3 +123,34 @@ def test_state_dict_carries_the_ignore_index_and_loads_as_int64_counts():
     with pytest.raises(DatasetError) as err:
         old.load_state_dict({"mat": torch.zeros(2, 3)})
     assert str(err.value) == "metrics: state has shape (2, 3), expected 3x3"
+
+
+def test_edge_counts_by_hand():
+    one = ConfusionMatrix(1)                                     # a single class is a valid task
+    one.update(torch.tensor([[0]]), torch.tensor([[0]]))
+    assert one.mat.dtype == torch.int64
+    assert one.compute() == {"miou": 1.0, "per_class_iou": [1.0], "pixel_acc": 1.0}   # one pixel: defined
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([[0, 1]]), torch.tensor([[0, 2]]))    # class 0: tp 1; class 1: fp 1; class 2: fn 1
+    got = cm.compute()
+    assert got["per_class_iou"] == [1.0, 0.0, 0.0] and got["miou"] == pytest.approx(1 / 3)
+    assert got["pixel_acc"] == 0.5
+    with pytest.raises(DatasetError) as err:
+        ConfusionMatrix(0)
+    assert str(err.value) == "num_classes: expected >= 1, got 0"
+
+
+def test_all_reduce_sums_over_a_process_group(tmp_path):
+    """A one-process gloo group: the sum over it is the matrix itself (no-op without a group)."""
+    import torch.distributed as dist
+
+    cm = ConfusionMatrix(2)
+    cm.update(torch.tensor([[0, 1, 1]]), torch.tensor([[0, 1, 0]]))
+    before = cm.mat.clone()
+    assert torch.equal(cm.all_reduce().mat, before)             # not initialised: untouched
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        assert torch.equal(cm.all_reduce().mat, before)
+        assert torch.equal(cm.all_reduce(group=dist.new_group([0])).mat, before)
+    finally:
+        dist.destroy_process_group()

@@ -96,3 +96,33 @@ def test_the_fork_really_trains_and_is_then_undone(tiny_data):
     assert (before == after).all()
     assert not (before == fork).all()           # three more SGD steps changed the predictions
     assert trainer.step == trainer.steps_per_epoch and trainer.epoch == 1
+
+
+def test_schedule_values_by_hand_at_the_edges():
+    from hpo.schedules import lr_factor
+
+    one = lr_factor(_optim(), steps_per_epoch=1, total_steps=1)               # a one-step budget
+    assert one(0) == 1.0 and one(1) == 0.0
+    wsd = lr_factor(_optim(schedule="wsd", decay_fraction=0.1), steps_per_epoch=1, total_steps=10)
+    assert [wsd(s) for s in (8, 9, 10)] == [1.0, 1.0, 0.0]                      # decays over one step
+    # rung_poly: within a segment [start, end) the envelope's value at start, poly-decayed to 0 at end
+    f = lr_factor(_optim(schedule="rung_poly", rungs=[1, 3]), steps_per_epoch=10, total_steps=90)
+    env = lambda s: (1 - s / 90) ** 0.9  # noqa: E731
+    assert f(5) == pytest.approx((1 - 5 / 10) ** 0.9)
+    assert f(20) == pytest.approx(env(10) * (1 - 10 / 20) ** 0.9)
+    assert f(60) == pytest.approx(env(30) * (1 - 30 / 60) ** 0.9)
+    assert f(90) == 0.0 and f(95) == 0.0                                        # past the budget
+    # rungs are epochs: with 2 steps an epoch, rung 3 is step 6, beyond an 8-step budget's rung at 1
+    g = lr_factor(_optim(schedule="rung_poly", rungs=[1, 5]), steps_per_epoch=2, total_steps=8)
+    assert g(1) == pytest.approx((1 - 1 / 2) ** 0.9)                            # segment [0, 2)
+    assert g(5) == pytest.approx((1 - 2 / 8) ** 0.9 * (1 - 3 / 6) ** 0.9)        # rung 5 (step 10) ignored
+    h = lr_factor(_optim(schedule="rung_poly", rungs=[1]), steps_per_epoch=1, total_steps=4)
+    assert h(0) == 1.0 and h(1) == pytest.approx((1 - 1 / 4) ** 0.9)            # a rung at step 1 restarts
+
+
+def test_unknown_schedule_is_named():
+    from hpo.schedules import lr_factor
+
+    with pytest.raises(ValueError) as err:
+        lr_factor({"poly_power": 0.9, "schedule": "cosine"}, 1, 10)
+    assert str(err.value) == "optim.schedule: unknown schedule 'cosine'"
