@@ -98,3 +98,9 @@ def test_log_to_run_writes_the_metrics_and_the_kind(tmp_path):
 def test_seconds_are_shown_in_hours_from_one_hour(seconds, shown):
     book = ledger([trial(0, "completed", {1: seconds})], [1])
     assert book.lines()[0].startswith(f"cost: {shown} CPU-time over 1 trials")
+
+
+def test_a_ledger_without_segments_prints_none():
+    book = Ledger("gpu", 7200.0, [], {"completed": 7200.0}, 3600.0, 2)
+    assert book.lines() == ["cost: 2.00 h GPU-time over 2 trials = 2.0x one full training; 0% on early-stopped "
+                            "trials, 0% on failed ones"]

@@ -133,6 +133,28 @@ def test_expected_epochs_per_trial_by_hand(max_t, grace, rf, expected):
     assert expected_epochs_per_trial(max_t, grace, rf) == pytest.approx(expected)
 
 
+def test_snap_leaves_out_excluded_configs_unless_all_are():
+    source = synthetic_source()
+    known = [hand_unit(p) for p in source.params]
+    u = known[7]
+    second = sorted(range(len(known)), key=lambda j: math.dist(u, known[j]))[1]
+    assert source.snap(source.params[7], exclude={7}) == second
+    assert source.snap(source.params[7], exclude=set(range(len(known)))) == 7     # nothing left: plain nearest
+    assert source.epochs.tolist() == list(range(1, source.max_t + 1))            # validations 1..max_t
+    assert [source.cost(step) for step in (1, 2, source.max_t)] == [1, 1, 1]
+
+
+def test_regret_and_epochs_to_on_a_known_trajectory():
+    from hpo.replay import ReplayResult
+
+    res = ReplayResult(trials=[], events=[], trajectory=[(5, 10.0, 8.0), (9, 12.0, 9.5)], epochs=12,
+                       best_quality=10.0)
+    assert res.regret_at(4) == math.inf
+    assert res.regret_at(5) == pytest.approx(2.0) and res.regret_at(8) == pytest.approx(2.0)
+    assert res.regret_at(9) == pytest.approx(0.5) and res.regret_at(12) == pytest.approx(0.5)
+    assert res.epochs_to(8.0) == 5 and res.epochs_to(9.0) == 9 and res.epochs_to(9.6) is None
+
+
 def test_diverged_trials_feedback_to_optuna():
     """pruned (default): PRUNED with the scores it had; worst: COMPLETE at the worst score seen; fail: FAIL."""
     from hpo.searcher import HonestOptunaSearch
