@@ -57,6 +57,19 @@ def trial_status(last_result: dict | None, errored: bool, max_t: int) -> str:
     return "completed"
 
 
+def trial_error_line(trial) -> str:
+    """The last line of a failed Tune trial's error (the exception's type and message)."""
+    try:
+        err = trial.get_error()
+        text = str(err) if err else ""
+    except Exception:  # noqa: BLE001
+        text = ""
+    if not text and trial.error_file and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text()
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "trial errored"
+
+
 class SearchNotFound(ValueError):
     """No search matches the query, or its records cannot be read: one line, exit code 2."""
 

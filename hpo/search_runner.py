@@ -111,11 +111,11 @@ def build_tuner(search: OpenSearch):
     from hpo.searcher import HonestOptunaSearch
     from hpo.tracking import MLflowTrialLogger
 
-    from hpo.stopping import SearchStopper
+    from hpo.stopping import FailureWatch, SearchStopper
 
     spec, sched = search.spec, search.spec.scheduler
     stopper = SearchStopper(spec.stop, sched.metric, sched.mode, sched.max_t, spec.base["budget"]["val_every"],
-                            search.exp_dir)
+                            search.exp_dir, stop_after_failures=spec.failure.stop_after)
     plan = trial_plan(search.resources, search.base, search.exp_dir)
     concurrent = spec.search.max_concurrent
     if plan.max_concurrent is not None and plan.max_concurrent < concurrent:
@@ -129,7 +129,8 @@ def build_tuner(search: OpenSearch):
     callbacks = [MLflowTrialLogger(search.tracking_uri, search.experiment_id, search.parent_run_id, search.base,
                                    sched.max_t, metric=sched.metric, rungs=rung_milestones(spec), mode=sched.mode,
                                    scheduler=scheduler),
-                 progress_printer(sched.metric, sched.max_t, total=spec.search.num_samples), *plan.callbacks]
+                 progress_printer(sched.metric, sched.max_t, total=spec.search.num_samples), FailureWatch(stopper),
+                 *plan.callbacks]
     if search.resume:
         return tune.Tuner.restore(str(search.exp_dir), trainable=plan.trainable, resume_unfinished=True,
                                   resume_errored=True)
@@ -192,6 +193,11 @@ def finish_search(search: OpenSearch, wall: float, *, report: bool = True, resum
     except Exception as exc:  # noqa: BLE001 - the search itself succeeded
         print(f"warning: could not write the leaderboard to MLflow ({exc})", file=sys.stderr)
     print(f"\n{ui_hint(search.tracking_uri, search.experiment_id)}")
+    failed = [t for t in handle.trials if t.status == "failed"]
+    if handle.trials and len(failed) == len(handle.trials):
+        # nothing to report on; the traces are in the trials' MLflow runs (error tag) and Ray's logs
+        print(f"error: all {len(failed)} trials failed" + (f" ({stopped})" if stopped else ""), file=sys.stderr)
+        return 1
     if report:
         report_or_warn(handle)
     return 0
@@ -345,10 +351,27 @@ def prepare_environment() -> None:
     # An unreachable tracking server must fail fast into the MLflow logger's queue, not block the
     # driver loop (and with it every trial's results and checkpoints) for minutes per call.
     fail_fast_http()
+    # A failed trial is one line in the console (Ray would print its whole traceback); the trace
+    # stays in the trial's error file under Ray's results and its MLflow run's `error` tag.
+    controller_log = logging.getLogger("ray.tune.execution.tune_controller")
+    if not any(isinstance(f, OneLineTrialErrors) for f in controller_log.filters):
+        controller_log.addFilter(OneLineTrialErrors())
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class OneLineTrialErrors(logging.Filter):
+    """Ray's "Trial task failed for trial X" record, cut to one line: the exception's last line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and str(record.msg).startswith("Trial task failed"):
+            exc = record.exc_info[1]
+            last = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+            record.msg = f"{record.msg}: {last[-1] if last else type(exc).__name__}"
+            record.exc_info, record.exc_text, record.args = None, None, ()
+        return True
 
 
 def absolutize_paths(base: dict) -> dict:

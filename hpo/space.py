@@ -159,6 +159,9 @@ class ResourcesSection(_Strict):
 
 class FailureSection(_Strict):
     max_retries: int = Field(1, ge=0)
+    # The search stops when this many trials in a row failed with the same error (0 = never):
+    # a data or config mistake fails every trial alike, and each would cost a full start-up.
+    stop_after: int = Field(3, ge=0)
 
 
 class BudgetRule(_Strict):

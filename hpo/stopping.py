@@ -15,6 +15,10 @@ is not comparable with a finished trial's (Ray's TrialPlateauStopper compares th
 `budget` counts everything spent, early-stopped and failed trials included; `epochs` counts
 validations x `budget.val_every`.
 
+The space file's `failure.stop_after` (default 3) adds one more rule: that many trials in a row
+failed with the same error (a data or config mistake fails every trial alike). `FailureWatch`, a
+Tune callback, hands each failed trial's last error line to the stopper.
+
 `SearchStopper` is a Ray Tune `Stopper`: it reads every result; once a rule holds, every running
 trial stops at its next result (at most one more validation each) and the searcher suggests no
 new trial (hpo/searcher.py asks `triggered()`), the reason is written to `ctxtune_stop.json` beside
@@ -32,13 +36,15 @@ import json
 import math
 from pathlib import Path
 
-from ray.tune import Stopper
+from ray.tune import Callback, Stopper
 
 STOP_FILE = "ctxtune_stop.json"
 
 
 class SearchStopper(Stopper):
-    def __init__(self, section, metric: str, mode: str, max_t: int, val_every: int, exp_dir: str | Path):
+    def __init__(self, section, metric: str, mode: str, max_t: int, val_every: int, exp_dir: str | Path,
+                 stop_after_failures: int = 0):
+        self.stop_after_failures = stop_after_failures
         self.target = section.target
         self.budget_seconds = section.budget.device_hours * 3600 if section.budget and section.budget.device_hours else None
         self.budget_epochs = section.budget.epochs if section.budget else None
@@ -56,6 +62,7 @@ class SearchStopper(Stopper):
         self.since_best = 0                   # full-budget trials since the best improved by > margin
         self.reason: str | None = None
         self.last_step: dict[str, int] = {}   # trial id -> the last validation counted
+        self.failures: list[str] = []         # error lines of the trials that failed in a row (reset by a success)
 
     # --- Ray's Stopper interface -------------------------------------------------------------------
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -109,6 +116,17 @@ class SearchStopper(Stopper):
         if self.reason and write:
             self._write()
 
+    def trial_ended(self, trial_id: str, error: str | None) -> None:
+        """A trial ended (error: its last error line, None if it did not fail)."""
+        self._load()
+        if self.reason is not None:
+            return
+        self.failures = self.failures + [error] if error is not None else []
+        n = self.stop_after_failures
+        if n and len(self.failures) >= n and len(set(self.failures[-n:])) == 1:
+            self.reason = f"failures: {n} trials in a row failed with the same error (failure.stop_after {n}): {error}"
+            self._write()
+
     def _full_budget(self, trial_id: str, value: float) -> None:
         score = self.sign * value
         if self.target is not None and score >= self.sign * self.target:
@@ -137,3 +155,18 @@ def stop_reason(exp_dir: Path) -> str | None:
         return json.loads(path.read_text())["reason"] if path.is_file() else None
     except (ValueError, KeyError):
         return None
+
+
+class FailureWatch(Callback):
+    """Tells the stopper how each trial ended: its last error line when it failed (after retries)."""
+
+    def __init__(self, stopper: SearchStopper):
+        self.stopper = stopper
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.stopper.trial_ended(trial.trial_id, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        from hpo.search_handle import trial_error_line
+
+        self.stopper.trial_ended(trial.trial_id, trial_error_line(trial))

@@ -55,7 +55,7 @@ from hpo.mlflow_store import find_runs, log_params, nested_filter
 from hpo.outputs import CONFUSION, MODEL_DIR, OVERLAYS
 from hpo.calibration import MODE_CODE
 from hpo.rung_check import RungCorrelation, verdict
-from hpo.search_handle import trial_status
+from hpo.search_handle import trial_error_line, trial_status
 from hpo.trainable import split_params
 
 logger = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ class MLflowTrialLogger(Callback):
         if "device_kind" in result:
             tags.append(RunTag("device_kind", str(result["device_kind"])))
         if status == "failed":
-            reason = result.get("error") or _error_text(trial)
+            reason = result.get("error") or trial_error_line(trial)
             tags.append(RunTag("error", reason[:5000]))
         # a data-parallel trial's checkpoints are its Train run's: Tune only gets their path
         ckpt_dir = trial.checkpoint.path if trial.checkpoint is not None else result.get("checkpoint_path")
@@ -316,15 +316,3 @@ class MLflowTrialLogger(Callback):
             print(f"MLflow was unreachable for {self.delayed_seconds:.0f} s: {self.delayed_ops} failed "
                   f"attempt(s) waited in the queue; " + ("all calls written" if drained else
                   f"{len(self._queue)} call(s) could not be written"), flush=True)
-
-
-def _error_text(trial) -> str:
-    try:
-        err = trial.get_error()
-        text = str(err) if err else ""
-    except Exception:  # noqa: BLE001
-        text = ""
-    if not text and trial.error_file and Path(trial.error_file).is_file():
-        text = Path(trial.error_file).read_text()
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "trial errored"
