@@ -61,6 +61,7 @@ def parse_args(argv=None):
     p.add_argument("config", help="run config YAML")
     p.add_argument("--out", help="output directory (default: runs/<config name>)")
     p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--epochs", type=int, help="override the config's budget.epochs (a short run without editing YAML)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt and its MLflow run")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLflow's, sqlite mlflow.db here)")
     p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help=f"MLflow experiment (default: {DEFAULT_EXPERIMENT})")
@@ -302,6 +303,10 @@ def main(argv=None) -> int:
         cfg = load_run_config(args.config)
         if args.seed is not None:
             cfg["seed"] = args.seed
+        if args.epochs is not None:
+            if args.epochs < 1:
+                raise ConfigError(f"--epochs: expected a whole number >= 1, got {args.epochs}")
+            cfg.setdefault("budget", {})["epochs"] = args.epochs
         cfg = normalize(cfg)
         preflight(cfg)                  # a folder dataset's files, before an MLflow run exists
         out = Path(args.out or Path("runs") / Path(args.config).stem)

@@ -186,3 +186,16 @@ def test_exit_codes_seed_override_and_rerun_of_a_finished_run(tiny_data, tmp_pat
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
     assert failed[0].data.tags["error"].startswith("DivergenceError: ")
     assert not (tmp_path / "nan" / hpo_train.DONE).exists()
+
+
+def test_epochs_flag_shortens_a_run_without_editing_the_yaml(tiny_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path, tiny_data, **{"budget.epochs": 5})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert hpo_train.main([str(config), "--out", str(tmp_path / "short"), "--epochs", "1", "--tracking-uri", uri]) == 0
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.params["budget.epochs"] == "1"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")] == [1]
+    assert hpo_train.main([str(config), "--out", str(tmp_path / "zero"), "--epochs", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --epochs: expected a whole number >= 1, got 0"
