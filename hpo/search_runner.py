@@ -353,13 +353,34 @@ def prepare_environment() -> None:
     fail_fast_http()
     # A failed trial is one line in the console (Ray would print its whole traceback); the trace
     # stays in the trial's error file under Ray's results and its MLflow run's `error` tag.
-    controller_log = logging.getLogger("ray.tune.execution.tune_controller")
-    if not any(isinstance(f, OneLineTrialErrors) for f in controller_log.filters):
-        controller_log.addFilter(OneLineTrialErrors())
+    _add_filter("ray.tune.execution.tune_controller", OneLineTrialErrors())
+    # ctxtune prints its own resume command (`python -m hpo.search ... --resume`); Ray's
+    # "Resume experiment with: Tuner.restore(...)" would only compete with it. Token authentication
+    # stays on: only its per-run notice goes.
+    _add_filter("ray.tune.tune", DropRecords("Experiment has been interrupted"))
+    _add_filter("ray._private.authentication.authentication_token_setup",
+                DropRecords("Token authentication is enabled"))
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _add_filter(logger_name: str, log_filter: logging.Filter) -> None:
+    log = logging.getLogger(logger_name)
+    if not any(type(f) is type(log_filter) and vars(f) == vars(log_filter) for f in log.filters):
+        log.addFilter(log_filter)
+
+
+class DropRecords(logging.Filter):
+    """Drops a logger's records whose message starts with `prefix`."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 class OneLineTrialErrors(logging.Filter):

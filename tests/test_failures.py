@@ -55,3 +55,28 @@ def test_failure_rule_needs_the_same_error_in_a_row(tmp_path):
     for tid in "abcdef":
         never.trial_ended(tid, "E1")
     assert not never.triggered()
+
+
+def test_ray_lines_that_compete_with_ctxtunes_own_are_dropped(caplog):
+    """After prepare_environment: Ray's own resume hint and per-run token notice are not shown (ctxtune
+    prints `python -m hpo.search ... --resume`); a failed trial's record is one line."""
+    import logging
+
+    from hpo.search_runner import prepare_environment
+
+    prepare_environment()
+    prepare_environment()                      # twice: one filter each, not two
+    assert len(logging.getLogger("ray.tune.tune").filters) == 1
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("ray.tune.tune").warning("Experiment has been interrupted, but ... Tuner.restore(...)")
+        logging.getLogger("ray._private.authentication.authentication_token_setup").warning(
+            "Token authentication is enabled for this Ray cluster.")
+        logging.getLogger("ray.tune.tune").warning("Trials did not complete: [a]")
+        try:
+            raise IndexError("Target 13 is out of bounds.")
+        except IndexError as exc:
+            logging.getLogger("ray.tune.execution.tune_controller").error("Trial task failed for trial t1",
+                                                                          exc_info=exc)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Trials did not complete: [a]", "Trial task failed for trial t1: Target 13 is out of bounds."]
+    assert "Traceback" not in caplog.text
