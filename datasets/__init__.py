@@ -6,8 +6,9 @@ Note: this package shadows Hugging Face's `datasets`; nothing here depends on th
 """
 
 from .build import build, label_space
+from .checks import check_sample
 from .bundle import DataBundle
 from .errors import DatasetError
 from .folder import preflight
 
-__all__ = ["build", "label_space", "DataBundle", "DatasetError", "preflight"]
+__all__ = ["build", "label_space", "check_sample", "DataBundle", "DatasetError", "preflight"]

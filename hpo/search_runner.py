@@ -414,7 +414,7 @@ def ensure_data(base: dict) -> None:
     """The demo's synthetic set is generated on first use (one line says so); a folder dataset's
     files are checked before Ray starts (one line naming the file or key), and a root taken from an
     environment variable ($CAMVID_DATASET) is written into `base`, so every trial (any node) reads it."""
-    from datasets import preflight
+    from datasets import check_sample, preflight
 
     root = preflight(base)
     data = base["data"]
@@ -426,16 +426,29 @@ def ensure_data(base: dict) -> None:
         root = data["root"] or DEFAULTS_ROOT
         if ensure(root, **data["generate"]):
             print(f"generated the synthetic dataset in {root}")
+    print(check_sample(base), flush=True)      # a sample of files, and labels vs model.num_classes
+
+
+def data_to_generate(base: dict) -> bool:
+    """The synthetic set a search would generate on first use (nothing to check before then)."""
+    data = base["data"]
+    if data["name"] != "synthetic" or not data.get("generate"):
+        return False
+    from datasets.synthetic import DEFAULTS_ROOT, is_populated
+
+    return not is_populated(data["root"] or DEFAULTS_ROOT)
 
 
 def dry_run(spec: SpaceFile, n: int = 3) -> None:
     """Print the resolved space and `n` configs the sampler proposes (the paper's points first)."""
     import optuna
 
-    from datasets import preflight
+    from datasets import check_sample, preflight
 
     prepare_environment()
     preflight(spec.base)                 # a folder dataset's files (no-op for the others)
+    print("data: the synthetic set is generated when the search starts" if data_to_generate(spec.base)
+          else check_sample(spec.base))
     print(f"search '{spec.experiment.name}': {spec.search.num_samples} trials, sampler {spec.search.sampler}, "
           f"scheduler {spec.scheduler.name}"
           + (f" ({spec.scheduler.trust} early stopping" + (f", rungs at {rung_milestones(spec)}" if rung_milestones(spec)

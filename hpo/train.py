@@ -93,7 +93,7 @@ def read_history(out: Path) -> list[dict]:
 def ensure_data(cfg: dict) -> None:
     """The synthetic set is generated on first use (race-safe, several trainings may start at once);
     a folder dataset's files are checked (one line naming the file or key)."""
-    from datasets import preflight
+    from datasets import check_sample, preflight
 
     preflight(cfg)
     data = cfg["data"]
@@ -101,6 +101,7 @@ def ensure_data(cfg: dict) -> None:
         from datasets.synthetic import ensure
 
         ensure(data["root"], **data["generate"])
+    check_sample(cfg)          # a sample of files, and labels vs model.num_classes: one line, exit 2
 
 
 # --- the training run -----------------------------------------------------------------------
