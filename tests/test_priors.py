@@ -116,3 +116,84 @@ def test_shipped_default_prior_fades_in_a_real_study():
     assert expected(0, 20) == pytest.approx(5.66, abs=0.01) and expected(100, 200) == pytest.approx(3.2, abs=0.05)
     assert 2 <= sum(near[:20]) <= 11                                      # constant share: ~10 of 20
     assert sum(near[100:]) <= 9                                           # constant share: ~50 of 100
+
+
+def hand_draw(low, high, default, width, rng, log=False, step=None, integer=False):
+    """draw_near written out: a normal around the default in the unit scale, redrawn until inside
+    [0, 1], mapped back (exp for log knobs), rounded to the step, clipped to the range."""
+    lo, hi = (math.log(low), math.log(high)) if log else (low, high)
+    centre = ((math.log(default) if log else default) - lo) / (hi - lo)
+    u = rng.normal(centre, width)
+    while not 0.0 <= u <= 1.0:
+        u = rng.normal(centre, width)
+    x = lo + u * (hi - lo)
+    x = math.exp(x) if log else x
+    if integer:
+        return int(min(max(low + round((x - low) / (step or 1)) * (step or 1), low), high))
+    if step is not None:
+        x = low + round((x - low) / step) * step
+    return float(min(max(x, low), high))
+
+
+@pytest.mark.parametrize("dist, default, width, kw", [
+    (optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True), 0.02, 0.1, {"log": True}),
+    (optuna.distributions.FloatDistribution(0.0, 1.0), 0.3, 0.2, {}),                    # a range of width 1
+    (optuna.distributions.FloatDistribution(0.1, 1.5, step=0.1), 1.4, 0.5, {"step": 0.1}),  # near the top
+    (optuna.distributions.IntDistribution(2, 64, step=2), 12, 0.3, {"step": 2, "integer": True}),
+    (optuna.distributions.IntDistribution(1, 64, log=True), 8, 0.2, {"log": True, "integer": True}),
+])
+def test_draw_near_by_hand(dist, default, width, kw):
+    for seed in range(20):
+        expected = hand_draw(dist.low, dist.high, default, width, np.random.default_rng(seed), **kw)
+        assert draw_near(dist, default, width, np.random.default_rng(seed)) == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_categorical_default_outside_the_choices_is_never_drawn():
+    rng = np.random.default_rng(0)
+    assert {draw_near(SPACE["grid"], "paper9", 0.1, rng) for _ in range(50)} <= set(SPACE["grid"].choices)
+
+
+def test_which_trials_are_prior_trials_and_their_draws_by_hand():
+    """Per trial: the stream [seed, number, 1] decides (below share_at(n)); a prior trial's knob is drawn
+    from the stream [seed, number, 2, sum((i + 1) * ord(c)) % 2**31 over the knob's name]."""
+    sampler = PriorMixSampler(optuna.samplers.RandomSampler(seed=0), DEFAULTS, share=0.4, width=0.1, seed=9,
+                              decay=20)
+    for n in range(60):
+        u = np.random.default_rng([9, n, 1]).random()
+        assert sampler.is_prior_trial(n) == (u < 0.4 * 20 / (20 + n))
+    plain = PriorMixSampler(optuna.samplers.RandomSampler(seed=0), DEFAULTS)
+    assert (plain.share, plain.width, plain.seed, plain.decay) == (0.2, 0.15, 0, None)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=sampler)
+    stream = sum((i + 1) * ord(c) for i, c in enumerate("lr")) % 2**31
+    checked = 0
+    for _ in range(30):
+        t = study.ask(SPACE)
+        if sampler.is_prior_trial(t.number):
+            rng = np.random.default_rng([9, t.number, 2, stream])
+            assert t.params["lr"] == pytest.approx(hand_draw(1e-4, 1e-1, 0.02, 0.1, rng, log=True), rel=1e-12)
+            checked += 1
+        study.tell(t, 0.0)
+    assert checked >= 3
+
+
+def test_a_non_prior_trial_is_exactly_the_wrapped_samplers_own():
+    """With no prior trial at all, the mix asks, learns and tells exactly as the TPE it wraps."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {k: SPACE[k] for k in ("n3", "lr")}
+
+    def tpe():
+        return optuna.samplers.TPESampler(seed=4, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=3)
+
+    runs = []
+    for sampler in (tpe(), PriorMixSampler(tpe(), DEFAULTS, share=1e-12, seed=4)):
+        study = optuna.create_study(sampler=sampler)
+        params = []
+        for _ in range(10):
+            t = study.ask(space)
+            params.append(t.params)
+            study.tell(t, -abs(t.params["n3"] - 20) - abs(math.log10(t.params["lr"]) + 2))
+        runs.append(params)
+    assert runs[0] == runs[1]
