@@ -49,11 +49,72 @@ def _check_name(name) -> str:
 
 
 def build_model(cfg: dict) -> nn.Module:
-    """Build the model named by ``model.name`` from the whole run config."""
+    """Build the model named by ``model.name`` from the whole run config.
+
+    Strict: a key under ``model`` that the builder never read and that the model's presets do not
+    have either (``model.drop_out``, ``model.metrocon.gird``) is a one-line ConfigError listing the
+    keys known at that level. The builder's own reads and its presets are the model's schema, so
+    the check cannot drift from what the code reads; a preset's key the current config does not use
+    (``model.aspp`` with SpaceMeshLab's MetroCon² context) stays allowed."""
     if not isinstance(cfg, dict):
         raise ConfigError(f"model: expected the run config as a mapping, got {type(cfg).__name__}")
     name = _check_name(get(cfg, "model.name"))
-    return _BUILDERS[name](cfg)
+    watched = _ReadRecorder(cfg["model"])
+    model = _BUILDERS[name]({**cfg, "model": watched})
+    watched.read.add("name")
+    known = [_PRESETS[name][kind].get("model", {}) for kind in PRESET_KINDS]
+    for key, siblings in watched.unknown("model", known):
+        raise ConfigError(f"{key}: unknown key for model {name}; known keys there: {', '.join(siblings)}")
+    return model
+
+
+class _ReadRecorder(dict):
+    """A mapping that remembers which of its keys were read (nested mappings too)."""
+
+    def __init__(self, data: dict):
+        super().__init__({k: _ReadRecorder(v) if isinstance(v, dict) else v for k, v in data.items()})
+        self.read: set = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def _read_all(self):
+        self.read.update(super().keys())
+
+    def keys(self):
+        self._read_all()
+        return super().keys()
+
+    def items(self):
+        self._read_all()
+        return super().items()
+
+    def values(self):
+        self._read_all()
+        return super().values()
+
+    def __iter__(self):
+        self._read_all()
+        return super().__iter__()
+
+    def unknown(self, prefix: str, known: list) -> list[tuple[str, list[str]]]:
+        """(dotted key, keys known at its level) for every key neither read nor in a preset (`known`)."""
+        out = []
+        known = [k for k in known if isinstance(k, dict)]
+        for key in list(dict.keys(self)):
+            value = dict.__getitem__(self, key)
+            in_preset = [k[key] for k in known if key in k]
+            if key not in self.read and not in_preset:
+                siblings = sorted({str(k) for k in self.read} | {str(k) for p in known for k in p})
+                out.append((f"{prefix}.{key}", siblings))
+            elif isinstance(value, _ReadRecorder):
+                out += value.unknown(f"{prefix}.{key}", in_preset)
+        return out
 
 
 def preset(name: str, kind: str = "toy") -> dict:
