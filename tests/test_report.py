@@ -162,9 +162,25 @@ def test_leaderboard_ranks_full_budget_trials_first_best_score_first(tmp_path, m
     assert {r["trial"] for r in rows[len(full) + len(stopped):]} == failed
     assert rows[0]["best"] == pytest.approx(best_of(full[0]["curve"], mode))
     assert all(r["best"] is None for r in rows if r["trial"] in failed)
+    by_id = {t["id"]: t for t in trials}
+    for r in rows:                      # each row: the trial's last score, epochs, knobs; no cost without Ray results
+        t = by_id[r["trial"]]
+        assert (r["last"], r["epochs"], r["cost"]) == (t["curve"][max(t["curve"])], max(t["curve"]), None)
+        assert r["optim.lr"] == pytest.approx(t["params"]["optim.lr"])
+        assert r["optim.momentum"] == pytest.approx(t["params"]["optim.momentum"])
     # the CSV logged to the parent run keeps that order
     csv_rows = search_runner.leaderboard_csv(rows, list(KNOBS), "val_miou").splitlines()[1:]
     assert [ln.split(",")[:2] for ln in csv_rows[:2]] == [["1", full[0]["id"]], ["2", full[1]["id"]]]
+
+
+def test_a_full_budget_score_of_zero_ranks_below_a_positive_one(tmp_path):
+    """A trial that learned nothing (val mIoU 0.0 at every validation) is a score, not a missing one."""
+    dists = distributions(tmp_path)
+    base = synthetic_trials(dists, lambda p: 10.0, n=3, n_failed=0)
+    for t, value in zip(base, (0.0, 0.5, 0.25)):
+        t["curve"], t["state"] = {e: value for e in range(1, MAX_T + 1)}, TrialState.COMPLETE
+    rows = locate(str(write_search(tmp_path, "zero", base, parent=False))).leaderboard()
+    assert [(r["trial"], r["best"]) for r in rows] == [(base[1]["id"], 0.5), (base[2]["id"], 0.25), (base[0]["id"], 0.0)]
 
 
 def ranking(table: dict, stage: str, evaluator: str) -> list[str]:
@@ -372,6 +388,8 @@ def test_report_cost_table_from_ray_results_and_a_result_line_cut_short(tmp_path
     assert [(t.trial_id, t.curve) for t in found.trials] == [(t["id"], t["curve"]) for t in trials]
     assert sum(sum(t.cost.values()) for t in found.trials) == pytest.approx(total)
     assert {t.device_kind for t in found.trials} == {"cpu"}
+    assert {r["trial"]: r["cost"] for r in found.leaderboard()} == \
+           {t["id"]: sum(2.0 * step for step in t["curve"]) for t in trials}
     (exp_dir / "optuna_journal.log").rename(tmp_path / "journal.bak")      # rebuilt from the Ray results alone
     assert [(t.trial_id, t.curve, t.status) for t in locate(str(exp_dir)).trials] == \
            [(t.trial_id, t.curve, t.status) for t in found.trials]

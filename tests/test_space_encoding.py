@@ -94,3 +94,11 @@ def test_each_sampler_name_builds_that_sampler_seeded(name, cls):
     assert isinstance(make_sampler(off), cls)
 
 
+
+
+def test_int_knobs_keep_log_scale_and_step():
+    s = spec(space={"n5": {"type": "int", "low": 4, "high": 64, "log": True},
+                    "batch": {"type": "int", "low": 2, "high": 16, "step": 2}})
+    d = optuna_distributions(s)
+    assert d["n5"] == optuna.distributions.IntDistribution(4, 64, log=True)
+    assert d["batch"] == optuna.distributions.IntDistribution(2, 16, step=2)
