@@ -358,12 +358,13 @@ def render_html(search: SearchHandle, table: dict, figures: dict[str, Path], mis
         else:
             parts.append(f"<p class='note'>Not drawn: {html.escape(missing.get(key, 'no data'))}.</p>")
 
-    parts.append("<h2>Leaderboard</h2><p>Full-budget trials first, then by best score over the epochs each trial "
-                 "ran (early-stopped scores are at a shorter budget).</p>")
+    parts.append("<h2>Leaderboard</h2><p>Ranked by the score at the full budget (what ASHA, the Optuna study and "
+                 "promotion compare); early-stopped trials after them, by their last score (at a shorter budget). "
+                 "The best epoch's score is shown beside it, not ranked on.</p>")
     keys = list(s.space)
-    rows = [[r["rank"], r["trial"], *[r[k] for k in keys], r["best"], r["last"], r["epochs"],
+    rows = [[r["rank"], r["trial"], *[r[k] for k in keys], r["score"], r["best"], r["epochs"],
              None if r["cost"] is None else round(r["cost"]), r["status"].replace("_", "-")] for r in search.leaderboard()]
-    parts.append(_table(["rank", "trial", *keys, f"best {search.metric}", "last", "epochs",
+    parts.append(_table(["rank", "trial", *keys, search.metric, f"best-epoch {search.metric}", "epochs",
                          f"{book.unit}-seconds", "status"], rows))
     classes = per_class_html(search)
     if classes:

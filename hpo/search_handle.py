@@ -167,15 +167,19 @@ class SearchHandle:
         return {s: sum(t.status == s for t in self.trials) for s in STATUSES}
 
     def leaderboard(self) -> list[dict]:
-        """Full-budget trials first (only they ran `max_t`), then by best score; failed trials have none."""
+        """Ranked by `score`, the one definition of a trial's score: its value at the full budget (what
+        ASHA, the Optuna study and promotion compare). Full-budget trials first; early-stopped ones
+        after them by their last score (at a shorter budget); failed trials have none. `best` is the
+        best validation a trial had, shown beside it as such (a best epoch, not the score)."""
         sign = 1 if self.mode == "max" else -1
         rows = []
         for t in self.trials:
+            score = t.last_value if t.status in ("completed", "early_stopped") else None
             best = t.best_value(self.mode) if t.status != "failed" else None
-            rows.append({"trial": t.trial_id, "status": t.status, "epochs": t.last_step, "best": best,
+            rows.append({"trial": t.trial_id, "status": t.status, "epochs": t.last_step, "score": score, "best": best,
                          "last": t.last_value, "cost": sum(t.cost.values()) if t.cost else None,
                          **{k: display_value(t.params.get(k)) for k in self.spec.space}})
-        rows.sort(key=lambda r: (r["status"] != "completed", r["best"] is None, -sign * (r["best"] or 0.0)))
+        rows.sort(key=lambda r: (r["status"] != "completed", r["score"] is None, -sign * (r["score"] or 0.0)))
         for i, r in enumerate(rows, 1):
             r["rank"] = i
         return rows

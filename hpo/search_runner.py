@@ -177,7 +177,7 @@ def finish_search(search: OpenSearch, wall: float, *, report: bool = True, resum
     print("\n".join(book.lines()))
     if stopped:
         print(f"search stopped after {len(ray_trials)} of {spec.search.num_samples} trials: {stopped}")
-    best = next((r for r in rows if r["status"] == "completed" and r["best"] is not None), None)
+    best = next((r for r in rows if r["status"] == "completed" and r["score"] is not None), None)
     try:
         log_to_run(client, search.parent_run_id, book)
         if stopped:
@@ -187,7 +187,7 @@ def finish_search(search: OpenSearch, wall: float, *, report: bool = True, resum
             record = next(t for t in handle.trials if t.trial_id == best["trial"])
             client.log_text(search.parent_run_id, dump_yaml(apply_overrides(search.base, record.params)),
                             "best_config.yaml")
-            client.log_metric(search.parent_run_id, f"best_{metric}", best["best"])
+            client.log_metric(search.parent_run_id, f"best_{metric}", best["score"])
             client.set_tag(search.parent_run_id, "best_trial", best["trial"])
         client.set_terminated(search.parent_run_id, "FINISHED")
     except Exception as exc:  # noqa: BLE001 - the search itself succeeded
@@ -213,8 +213,9 @@ def _cell(v) -> str:
 
 def format_leaderboard(rows: list[dict], keys: list[str], metric: str, device_kind: str = "device") -> str:
     cost = f"{device_kind}_s"
-    cols = ["rank", "trial", *keys, metric, "epochs", cost, "status"]
-    shown = [{**r, metric: f"{r['best']:.2f}" if r["best"] is not None else None,
+    cols = ["rank", "trial", *keys, metric, "best_epoch", "epochs", cost, "status"]
+    shown = [{**r, metric: f"{r['score']:.2f}" if r["score"] is not None else None,
+              "best_epoch": f"{r['best']:.2f}" if r["best"] is not None else None,
               cost: f"{r['cost']:.0f}" if r.get("cost") is not None else None} for r in rows]
     return aligned([cols] + [[_cell(r.get(c)) for c in cols] for r in shown])
 
@@ -228,10 +229,11 @@ def aligned(cells: list[list[str]]) -> str:
 def leaderboard_csv(rows: list[dict], keys: list[str], metric: str, device_kind: str = "device") -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["rank", "trial", *keys, metric, "epochs", f"{device_kind}_seconds", "status"])
+    writer.writerow(["rank", "trial", *keys, metric, f"best_epoch_{metric}", "epochs", f"{device_kind}_seconds",
+                     "status"])
     for r in rows:
-        writer.writerow([r["rank"], r["trial"], *[r[k] for k in keys], r["best"], r["epochs"], r.get("cost"),
-                         r["status"]])
+        writer.writerow([r["rank"], r["trial"], *[r[k] for k in keys], r["score"], r["best"], r["epochs"],
+                         r.get("cost"), r["status"]])
     return buf.getvalue()
 
 

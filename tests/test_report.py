@@ -137,10 +137,16 @@ def best_of(curve: dict, mode: str) -> float:
     return max(curve.values()) if mode == "max" else min(curve.values())
 
 
+def last_of(curve: dict, mode: str) -> float:
+    """A trial's score: its value at the last validation it ran (the full budget for completed ones)."""
+    return curve[max(curve)]
+
+
 @pytest.mark.parametrize("mode", ["max", "min"])
 def test_leaderboard_ranks_full_budget_trials_first_best_score_first(tmp_path, mode):
-    """The leaderboard's rule: trials that ran the full budget first, each group by its best score
-    (highest for mode max, lowest for min), failed trials last; ranks 1..n in that order."""
+    """The leaderboard's rule: trials that ran the full budget first, each group by its score at its
+    last validation (the full budget for those; highest for mode max, lowest for min), failed trials
+    last; ranks 1..n in that order; the best epoch's value is shown beside, not ranked on."""
     trials = synthetic_trials(distributions(tmp_path), lambda p: 40 * p["optim.momentum"], n=12, n_failed=2)
     exp_dir = write_search(tmp_path, "board", trials, parent=False)
     handle = locate(str(exp_dir))
@@ -150,7 +156,7 @@ def test_leaderboard_ranks_full_budget_trials_first_best_score_first(tmp_path, m
         (tmp_path / "min.yaml").write_text(yaml.safe_dump(doc))
         handle = SearchHandle("board", load_space(tmp_path / "min.yaml"), exp_dir=exp_dir)
     # the expected order, computed here from the trials as written
-    better_first = (lambda t: -best_of(t["curve"], mode) if mode == "max" else best_of(t["curve"], mode))
+    better_first = (lambda t: -last_of(t["curve"], mode) if mode == "max" else last_of(t["curve"], mode))
     full = sorted((t for t in trials if t["state"] == TrialState.COMPLETE), key=better_first)
     stopped = sorted((t for t in trials if t["state"] == TrialState.PRUNED), key=better_first)
     failed = {t["id"] for t in trials if t["state"] == TrialState.FAIL}
@@ -160,7 +166,9 @@ def test_leaderboard_ranks_full_budget_trials_first_best_score_first(tmp_path, m
     assert [r["trial"] for r in rows[:len(full)]] == [t["id"] for t in full]
     assert [r["trial"] for r in rows[len(full):len(full) + len(stopped)]] == [t["id"] for t in stopped]
     assert {r["trial"] for r in rows[len(full) + len(stopped):]} == failed
+    assert rows[0]["score"] == pytest.approx(last_of(full[0]["curve"], mode))
     assert rows[0]["best"] == pytest.approx(best_of(full[0]["curve"], mode))
+    assert all(r["score"] is None for r in rows if r["trial"] in failed)
     assert all(r["best"] is None for r in rows if r["trial"] in failed)
     by_id = {t["id"]: t for t in trials}
     for r in rows:                      # each row: the trial's last score, epochs, knobs; no cost without Ray results
@@ -180,7 +188,7 @@ def test_a_full_budget_score_of_zero_ranks_below_a_positive_one(tmp_path):
     for t, value in zip(base, (0.0, 0.5, 0.25)):
         t["curve"], t["state"] = {e: value for e in range(1, MAX_T + 1)}, TrialState.COMPLETE
     rows = locate(str(write_search(tmp_path, "zero", base, parent=False))).leaderboard()
-    assert [(r["trial"], r["best"]) for r in rows] == [(base[1]["id"], 0.5), (base[2]["id"], 0.25), (base[0]["id"], 0.0)]
+    assert [(r["trial"], r["score"]) for r in rows] == [(base[1]["id"], 0.5), (base[2]["id"], 0.25), (base[0]["id"], 0.0)]
 
 
 def ranking(table: dict, stage: str, evaluator: str) -> list[str]:
@@ -433,3 +441,23 @@ def test_find_search_edge_cases(tmp_path):
     with pytest.raises(SearchNotFound, match=r"ctxtune_search.json: not a ctxtune search state \(expected a JSON "
                                              r"object\)"):
         locate(str(exp_dir))
+
+
+def test_leaderboard_and_promotion_agree_when_the_best_epoch_is_not_the_last(tmp_path):
+    """Trial A peaks at epoch 2 and ends low; trial B ends highest: B is rank 1 for the leaderboard,
+    best_config's rule and promotion alike (one definition of a trial's score)."""
+    from hpo.promotion import select_winners
+
+    dists = distributions(tmp_path)
+    trials = synthetic_trials(dists, lambda p: 10.0, n=3, n_failed=0)
+    curves = ({1: 5.0, 2: 30.0, MAX_T: 12.0}, {1: 5.0, 2: 10.0, MAX_T: 20.0}, {1: 5.0, 2: 11.0, MAX_T: 15.0})
+    for t, curve in zip(trials, curves):
+        t["curve"], t["state"] = {e: curve.get(e, 8.0) for e in range(1, MAX_T + 1)}, TrialState.COMPLETE
+    handle = locate(str(write_search(tmp_path, "peak", trials, parent=False)))
+    rows = handle.leaderboard()
+    assert [r["trial"] for r in rows] == [trials[1]["id"], trials[2]["id"], trials[0]["id"]]
+    assert (rows[0]["score"], rows[2]["best"]) == (20.0, 30.0)          # A's best epoch shown, not ranked on
+    winners, _ = select_winners(handle.trials, 3, handle.max_t, handle.mode)
+    assert [w.trial_id for w in winners] == [r["trial"] for r in rows]
+    printed = search_runner.format_leaderboard(rows, list(KNOBS), "val_miou").splitlines()
+    assert printed[0].split()[-5:] == ["val_miou", "best_epoch", "epochs", "device_s", "status"]
