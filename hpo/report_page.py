@@ -94,6 +94,19 @@ def plot_importance(search: SearchHandle, table: dict, path: Path) -> bool:
     return True
 
 
+def choice_labels(choices, width: int = 10) -> tuple[list[str], str]:
+    """Tick labels of a categorical knob and, when any choice is longer than `width` characters (lists
+    such as dilation grids, which overlap as ticks), short ticks #0, #1, ... and one line per choice
+    spelling them out ("" otherwise)."""
+    import textwrap
+
+    text = [str(c) for c in choices]
+    if max(len(t) for t in text) <= width:
+        return text, ""
+    return ([f"#{i}" for i in range(len(text))],
+            "\n".join(textwrap.shorten(f"#{i} = {t}", 60, placeholder=" ...") for i, t in enumerate(text)))
+
+
 def plot_slice(search: SearchHandle, path: Path) -> tuple[bool, str | None]:
     """Score at each finished trial's last validation against each knob: full-budget trials coloured
     by trial order, early-stopped ones hollow orange (their score is at a shorter budget)."""
@@ -113,7 +126,7 @@ def plot_slice(search: SearchHandle, path: Path) -> tuple[bool, str | None]:
     fig, axes = plt.subplots(1, len(knobs), figsize=(max(6.0, 3.4 * len(knobs)), 4.2), sharey=True, squeeze=False)
     full = [t for t in finished if t.status == "completed"]
     order = {t.trial_id: i for i, t in enumerate(full)}
-    scatter = None
+    scatter, key_lines = None, 0
     for ax, knob in zip(axes[0], knobs):
         dist = dists[knob]
         categorical = isinstance(dist, optuna.distributions.CategoricalDistribution)
@@ -131,7 +144,11 @@ def plot_slice(search: SearchHandle, path: Path) -> tuple[bool, str | None]:
                                  cmap=blues, vmin=0, vmax=max(len(full) - 1, 1), s=36, edgecolors="0.3",
                                  linewidths=0.5, zorder=3)
         if categorical:
-            ax.set_xticks(range(len(dist.choices)), [str(c) for c in dist.choices], rotation=20, fontsize=8)
+            labels, key = choice_labels(dist.choices)
+            ax.set_xticks(range(len(dist.choices)), labels, fontsize=8)
+            if key:     # long choices (dilation grids, lists): short ticks, the values spelled out below
+                ax.text(0.0, -0.2, key, transform=ax.transAxes, va="top", ha="left", fontsize=7)
+                key_lines = max(key_lines, len(dist.choices))
         elif getattr(dist, "log", False):
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -145,7 +162,8 @@ def plot_slice(search: SearchHandle, path: Path) -> tuple[bool, str | None]:
     if any(t.status == "early_stopped" for t in finished):
         handles.append(Line2D([], [], marker="o", ls="", mfc="none", color=STATUS_COLOURS["early_stopped"],
                               label="early-stopped (score at the epoch it stopped)"))
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, frameon=False)
+    below = 0.0 if not key_lines else -0.06 - 0.035 * key_lines        # under the choices' key, if any
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, below), ncol=2, frameon=False)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True, None

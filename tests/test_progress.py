@@ -18,3 +18,13 @@ def test_progress_line_counts_against_the_total(capsys):
     progress_printer("val_miou", 6).on_trial_result(0, trials, trials[4], {"training_iteration": 1,
                                                                            "status": "diverged"})
     assert capsys.readouterr().out.strip().endswith("trial t4 epoch 1/6 diverged (3/6 done, 2 running)")
+
+
+def test_long_categorical_choices_get_short_slice_ticks():
+    """Dilation grids as slice-plot ticks overlapped: long choices become #0, #1, ... spelled out below."""
+    from hpo.report_page import choice_labels
+
+    assert choice_labels(["paper3", "dense9"]) == (["paper3", "dense9"], "")
+    labels, key = choice_labels(["paper3", [[1, 2, 3], [1, 2, 3, 4]]])
+    assert labels == ["#0", "#1"]
+    assert key.splitlines() == ["#0 = paper3", "#1 = [[1, 2, 3], [1, 2, 3, 4]]"]
