@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import yaml
 
 from helpers import write_space
@@ -33,14 +34,15 @@ def test_dry_run_reports_what_it_checked(tiny_data, tmp_path, capsys):
     assert "data: synthetic, 24 train / 6 val images, 19 classes; decoded 14 images and label maps" in out.out
 
 
-def test_wrong_num_classes_is_one_line_before_any_trial(tiny_data, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("classes", [11, 25])          # too few: the loss indexes out of range; too many
+def test_wrong_num_classes_is_one_line_before_any_trial(tiny_data, tmp_path, capsys, monkeypatch, classes):
     monkeypatch.chdir(tmp_path)
-    space = _space(tmp_path, tiny_data, **{"model.num_classes": 11})
+    space = _space(tmp_path, tiny_data, **{"model.num_classes": classes})
     for args in ([str(space), "--dry-run"], [str(space)]):
         rc, out = _run(args, capsys)
         assert rc == 2
-        assert out.err.strip().splitlines() == [
-            "error: model.num_classes: 11, but synthetic data has 19 classes (road, sidewalk, building, wall, ...)"]
+        assert out.err.strip().splitlines() == [f"error: model.num_classes: {classes}, but synthetic data has 19 "
+                                                 "classes (road, sidewalk, building, wall, ...)"]
     assert not (tmp_path / "ray_results" / "pre").exists() and not (tmp_path / "mlflow.db").exists()
 
 
