@@ -80,6 +80,7 @@ class CurveSource:
     metric: str = "val_miou"
     mode: str = "max"
     epochs: np.ndarray | None = None      # epoch of each validation (ascending); default 1, 2, ..., validations
+    kind: str = "table"                   # table: configs drawn without replacement | search: a search's own trials
 
     def __post_init__(self):
         self._unit = np.array([[to_unit(self.distributions[k], p.get(k)) for k in self.distributions]
@@ -204,7 +205,8 @@ def from_search(search) -> CurveSource:
         seconds[i, 0] = [known.get(step, mean) for step in range(1, max_t + 1)]
     return CurveSource(name=f"search {search.name}", distributions=optuna_distributions(search.spec),
                        params=[t.params for t in trials], curves=curves, finals=curves[:, :, -1],
-                       diverged_at=diverged, epoch_seconds=seconds, metric=search.metric, mode=search.mode)
+                       diverged_at=diverged, epoch_seconds=seconds, metric=search.metric, mode=search.mode,
+                       kind="search")
 
 
 def _ray_durations(exp_dir: Path) -> dict[str, dict[int, float]]:
@@ -239,7 +241,8 @@ class ReplaySettings:
     prior_share: float = 0.2
     prior_width: float = 0.15
     prior_decay: float | None = None
-    snap: str = "unused"                 # unused: nearest config not yet replayed (tables) | nearest
+    snap: str | None = None              # unused: nearest config not replayed yet | nearest; default by source:
+                                         # unused for tables, nearest for a finished search's own trials
 
     @classmethod
     def from_space(cls, spec, **over) -> "ReplaySettings":
@@ -374,7 +377,8 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
                            max_concurrent=min(s.max_concurrent, num_samples), feedback=s.feedback)
     sampler = with_priors(base_sampler(search), source.distributions, s.defaults, s.prior_share, s.prior_width,
                           s.seed, s.prior_decay)
-    sampler = SnapToTable(sampler, source, exclude_used=s.snap == "unused")
+    snap = s.snap or ("unused" if source.kind == "table" else "nearest")
+    sampler = SnapToTable(sampler, source, exclude_used=snap == "unused")
     points = ([dict(s.defaults)] if s.defaults else []) + [p for p in s.points_to_evaluate if p != s.defaults]
     points = [source.params[source.snap(p)] for p in points]      # what will really be replayed
     scheduler = build_scheduler(source, s, max_t, search.max_concurrent)
@@ -558,7 +562,7 @@ def main(argv=None) -> int:
                 raise ReplayError(str(err)) from None
             source = from_search(found)
             # as many trials as the search ran (a stop rule or an interrupt may have ended it early)
-            settings = ReplaySettings.from_space(found.spec, snap="nearest", num_samples=len(source.params))
+            settings = ReplaySettings.from_space(found.spec, num_samples=len(source.params))
         else:
             from hpo.space import SpaceError
 
