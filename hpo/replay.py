@@ -135,6 +135,8 @@ def from_table(path: Path = DEFAULT_TABLE, schedule: str | None = None, annealed
         z = np.load(path)
         meta = json.loads(str(z["meta"]))
         raw_all = z["raw"]
+        if raw_all.ndim == 3:                 # (configs, seeds, validations): one schedule
+            raw_all = raw_all[None]
     except (OSError, ValueError, KeyError) as err:
         raise ReplayError(f"{path}: not a curve table ({err}); the format is in docs/replay.md") from None
     names = list(meta.get("schedules") or ["default"])
@@ -171,8 +173,12 @@ def from_table(path: Path = DEFAULT_TABLE, schedule: str | None = None, annealed
     epochs = np.asarray(meta.get("epochs") or range(1, validations + 1), dtype=np.int64)
     if len(epochs) != validations or np.any(np.diff(epochs) <= 0) or epochs[0] < 1:
         raise ReplayError(f"{path.name}: meta.epochs must be {validations} ascending epochs >= 1, got {list(epochs)}")
-    diverged = z["diverged_at"][si].astype(int) if "diverged_at" in z.files else np.zeros(raw.shape[:2], int)
-    seconds = (z["seconds"][si].astype(np.float64) / epochs[-1] if "seconds" in z.files
+    def per_schedule(key):                    # an optional array, with or without the schedule axis
+        a = z[key]
+        return a if a.ndim == 2 else a[si]
+
+    diverged = per_schedule("diverged_at").astype(int) if "diverged_at" in z.files else np.zeros(raw.shape[:2], int)
+    seconds = (per_schedule("seconds").astype(np.float64) / epochs[-1] if "seconds" in z.files
                else np.ones(raw.shape[:2]))
     return CurveSource(name=f"{path.name}:{schedule}{'+annealed' if annealed else ''}", distributions=dists,
                        params=params, curves=curves, finals=raw[:, :, -1], diverged_at=diverged,

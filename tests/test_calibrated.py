@@ -294,3 +294,20 @@ def test_table_epochs_are_charged_and_the_cli_replays_the_demo_settings(tmp_path
     assert "epochs" in out and "calibrated stopping at validation 2" in out
     assert cli.main(["--table", str(tmp_path / "missing.npz")]) == 2
     assert "missing.npz: table not found" in capsys.readouterr().err
+
+
+def test_a_table_without_the_schedule_axis_or_optional_arrays_replays(tmp_path):
+    """The minimal table (docs/replay.md): meta, params and raw of shape (configs, seeds, validations)."""
+    import json as _json
+
+    from hpo.replay import ReplaySettings, from_table, replay
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(32, 2))
+    raw = (x.sum(1)[:, None, None] * np.linspace(0.2, 1, 5)[None, None, :]) + rng.normal(0, 0.01, (32, 2, 5))
+    meta = {"space": {"a": {"type": "float", "low": 0, "high": 1}, "b": {"type": "float", "low": 0, "high": 1}}}
+    np.savez(tmp_path / "min.npz", raw=raw, params=x, meta=np.array(_json.dumps(meta)))
+    source = from_table(tmp_path / "min.npz")
+    assert source.max_t == 5 and source.epochs.tolist() == [1, 2, 3, 4, 5] and source.diverged_at.shape == (32, 2)
+    res = replay(source, ReplaySettings(sampler="random", scheduler="none", max_concurrent=1, num_samples=4))
+    assert res.epochs == 20 and res.best_quality == pytest.approx(float(source.quality().max()))
