@@ -102,3 +102,14 @@ def test_int_knobs_keep_log_scale_and_step():
     d = optuna_distributions(s)
     assert d["n5"] == optuna.distributions.IntDistribution(4, 64, log=True)
     assert d["batch"] == optuna.distributions.IntDistribution(2, 16, step=2)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "cmaes", "gp", "nsga2"])
+def test_each_sampler_is_seeded_by_search_seed(name):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)}
+    draws = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=base_sampler(spec(search={"sampler": name, "seed": 5}).search))
+        draws.append([study.ask(space).params["lr"] for _ in range(3)])
+    assert draws[0] == draws[1]
