@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests
 
 # Mutation testing of the modules whose numbers users rely on, on the fast tests ([tool.mutmut] in
-# pyproject.toml); ~MUTATION_MIN on 2 cores. Not part of `make test`. Fresh each time (rm -rf mutants).
+# pyproject.toml); ~30 min on a shared 2-core box (docs/testing.md). Not part of `make test`. Fresh each time (rm -rf mutants).
 MUTANTS := 'hpo.rung_check.*' 'hpo.priors.*' 'hpo.schedules.*' 'hpo.ledger.*' \
 	'datasets.metrics.*' 'datasets.inference.*' \
 	'hpo.search_handle.*leaderboard__mutmut_*' 'hpo.search_handle.*best_value__mutmut_*' \
