@@ -23,6 +23,11 @@ def test_identical_failures_stop_the_search(ray_local, tiny_data, tmp_path, monk
     doc["failure"] = {"max_retries": 0, "stop_after": 3}
     space.write_text(yaml.safe_dump(doc, sort_keys=False))
     monkeypatch.chdir(tmp_path)
+    # The pre-flight (datasets.check_sample) refuses this config before Ray starts (test_preflight.py);
+    # skip it here to get what it is there for: a mistake that fails every trial alike at run time.
+    import datasets
+
+    monkeypatch.setattr(datasets, "check_sample", lambda cfg: "data: not checked (test)")
 
     assert search.main([str(space), "--no-report"]) == 1
     out = capfd.readouterr()
