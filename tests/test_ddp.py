@@ -90,7 +90,9 @@ def test_two_worker_ddp_trial_in_a_real_search(ray_local, tiny_data, tmp_path, m
     # interval, the intervals summing to the total that MLflow and the last result carry
     assert [r["devices_held"] for r in rows] == [2.0, 2.0]
     charged = [m.value for m in client.get_metric_history(run.info.run_id, "device_seconds")]
-    assert charged == pytest.approx([r["device_seconds"] for r in rows]) and all(c > 0 for c in charged)
+    per_result = [r["device_seconds"] for r in rows]
+    assert charged == pytest.approx(per_result)
+    assert min(charged) > 0                          # every interval was charged
     assert run.data.metrics["device_seconds_total"] == pytest.approx(sum(charged))
     assert rows[-1]["device_seconds_total"] == pytest.approx(sum(charged))
 
