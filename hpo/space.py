@@ -282,6 +282,10 @@ def validate(spec: SpaceFile) -> None:
             for choice in dist.choices:
                 if isinstance(choice, dict):
                     raise SpaceError(f"space.{key}.choices: a choice may be a scalar or a list, not a mapping")
+    if base["runtime"]["device"] == "cuda" and not spec.resources.gpu:
+        # each trial would hold no GPU and fail at its first step; say so once, before Ray starts
+        raise SpaceError("base.runtime.device: cuda, but resources.gpu is 0, so trials get no GPU; set "
+                         "resources.gpu (e.g. 1 or 0.5) or runtime.device: auto")
     sched = spec.scheduler
     full = max_reports(base)
     if sched.max_t is None:

@@ -63,3 +63,12 @@ def test_corrupt_label_and_empty_root_are_named(tiny_data, tmp_path, capsys, mon
     empty.mkdir()
     rc, out = _run([str(_space(tmp_path, empty)), "--dry-run"], capsys)
     assert rc == 2 and len(out.err.strip().splitlines()) == 1 and str(empty) in out.err
+
+
+def test_cuda_without_gpus_per_trial_is_one_line(tiny_data, tmp_path, capsys):
+    """runtime.device: cuda with resources.gpu 0 would fail every trial at its first step."""
+    space = _space(tmp_path, tiny_data, **{"runtime.device": "cuda"})
+    rc, out = _run([str(space), "--dry-run"], capsys)
+    assert rc == 2
+    assert out.err.strip() == ("error: base.runtime.device: cuda, but resources.gpu is 0, so trials get no GPU; "
+                               "set resources.gpu (e.g. 1 or 0.5) or runtime.device: auto")
