@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -143,7 +143,3 @@ def read_rung_stats(exp_dir: Path) -> dict[int, RungStats]:
         return {}
     state = json.loads(path.read_text())
     return {int(k): RungStats(**v) for k, v in state.get("rungs", {}).items()}
-
-
-def stats_dict(rungs: dict[int, RungStats]) -> dict[str, dict]:
-    return {str(k): asdict(v) for k, v in rungs.items()}
