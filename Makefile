@@ -24,16 +24,16 @@ test: $(STAMP)
 
 # Mutation testing of the modules whose numbers users rely on, on the fast tests ([tool.mutmut] in
 # pyproject.toml); ~30 min on a shared 2-core box (docs/testing.md). Not part of `make test`. Fresh each time (rm -rf mutants).
-MUTANTS := 'hpo.rung_check.*' 'hpo.priors.*' 'hpo.schedules.*' 'hpo.ledger.*' \
+MUTANTS := 'hpo.tuning.rung_check.*' 'hpo.tuning.priors.*' 'hpo.training.schedules.*' 'hpo.results.ledger.*' \
 	'datasets.metrics.*' 'datasets.inference.*' \
-	'hpo.search_handle.*leaderboard__mutmut_*' 'hpo.search_handle.*best_value__mutmut_*' \
-	'hpo.search_handle.x_trial_status__mutmut_*' \
+	'hpo.results.handle.*leaderboard__mutmut_*' 'hpo.results.handle.*best_value__mutmut_*' \
+	'hpo.results.handle.x_trial_status__mutmut_*' \
 	'hpo.replay.*snap__mutmut_*' 'hpo.replay.*quality__mutmut_*' \
 	'hpo.replay.*regret_at__mutmut_*' 'hpo.replay.*epochs_to__mutmut_*' \
 	'hpo.replay.x_expected_epochs_per_trial__mutmut_*' 'hpo.replay.*CurveSource*__post_init____mutmut_*' \
-	'hpo.space.x_optuna_distributions__mutmut_*' 'hpo.space.x_encoded_points__mutmut_*' \
-	'hpo.space.x_rung_milestones__mutmut_*' 'hpo.space.x_max_reports__mutmut_*' \
-	'hpo.space.x_base_sampler__mutmut_*' 'hpo.space.x_make_sampler__mutmut_*'
+	'hpo.tuning.space.x_optuna_distributions__mutmut_*' 'hpo.tuning.space.x_encoded_points__mutmut_*' \
+	'hpo.tuning.space.x_rung_milestones__mutmut_*' 'hpo.tuning.space.x_max_reports__mutmut_*' \
+	'hpo.tuning.space.x_base_sampler__mutmut_*' 'hpo.tuning.space.x_make_sampler__mutmut_*'
 
 mutation: $(STAMP)
 	$(VENV)/bin/pip install -q -e ".[test,mutation]"

@@ -13,7 +13,7 @@ Default task, the embedded one: toy msglore on the synthetic street scenes (48 t
 images of 64x128, 64x64 crops, batch 4, 12 SGD steps per epoch, 9 epochs), the demo's knobs
 (N3/N4/N5, selection aux weight, lr 1e-3..0.2 log). Configs: a scrambled Sobol sequence (seed 0)
 over that space. Each config is trained with 2 training seeds under three LR schedules
-(hpo/schedules.py):
+(hpo/training/schedules.py):
 - `poly`: the papers' poly over the whole budget; also scored with an annealed-evaluation fork
   (`eval.anneal_steps` 4) after epochs 1-4;
 - `wsd`: constant LR, linear decay over the last 20%; annealed fork after every epoch 1-8;
@@ -188,7 +188,7 @@ def train_one(job: tuple[int, dict, str, int, dict, list[int]]) -> dict:
     import torch
 
     from hpo.config import apply_overrides
-    from hpo.engine import DivergenceError, Trainer
+    from hpo.training.trainer import DivergenceError, Trainer
 
     index, params, schedule, seed, base, anneal_at = job
     torch.set_num_threads(1)
@@ -305,7 +305,7 @@ def rank_table(table: Path = TABLE, rungs=None) -> str:
     One seed: the other-seed and seed-vs-seed cells are '–'; no annealed scores: no fork rows."""
     import warnings
 
-    from hpo.rung_check import spearman
+    from hpo.tuning.rung_check import spearman
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)     # nanmean over a rung with no score
 

@@ -4,8 +4,8 @@
     python -m benchmarks.ddp_throughput --device cuda --workers 1,2,4 --preset paper   # GPU: NCCL, 1 GPU each
     ... --write        # also replace this device's section of benchmarks/RESULTS.md
 
-What is timed: exactly what a data-parallel trial's workers run (hpo/trainable.py `ddp_worker`
-minus the Tune report: `hpo.distributed.DistributedTrainer`, sharded seeded batches, DDP gradient
+What is timed: exactly what a data-parallel trial's workers run (hpo/execution/trainable.py `ddp_worker`
+minus the Tune report: `hpo.training.distributed.DistributedTrainer`, sharded seeded batches, DDP gradient
 all-reduce), on a TorchTrainer of N workers with `resources_per_worker` = 1 CPU (or 1 GPU). The
 global batch (`data.batch_size`) is the same for every N, as in a search (N workers split it), so
 images/s compares like with like. Figure: the median over epochs 2.. of `epoch_seconds` (pure
@@ -60,7 +60,7 @@ def bench_worker(loop: dict) -> None:
     """One rank: train, record the epochs' seconds (rank 0 writes them)."""
     import ray.train
 
-    from hpo.distributed import DistributedTrainer
+    from hpo.training.distributed import DistributedTrainer
 
     started = time.time()
     trainer = DistributedTrainer(loop["cfg"], log=lambda *_: None)

@@ -7,7 +7,7 @@
 Both paths run the same fixed work: `--trials` trials of `--epochs` epochs, every epoch exactly
 `--step-seconds`, `--concurrency` at a time. The theoretical minimum is total epoch time /
 concurrency. Reported per run:
-- wall x minimum: the whole call (`hpo.search_runner.run_search` / `Tuner.fit`) over the minimum;
+- wall x minimum: the whole call (`hpo.execution.runner.run_search` / `Tuner.fit`) over the minimum;
 - start-up: call start -> the first trial begins setting up (Ray experiment, MLflow store and parent
   run, Optuna study, actor start incl. imports), and wrap-up: last epoch end -> call return;
 - span x minimum: first trial set-up start -> last epoch end, over the minimum — the part that
@@ -17,9 +17,9 @@ concurrency. Reported per run:
 So a search of N trials costs about start-up + wrap-up + N x per-trial cost / concurrency on top of
 its work; the ratio goal (<= 1.10x) holds for trials at least ~10x the per-trial cost long.
 
-(a) ctxtune: `hpo.search_runner.run_search` on a generated space file, unmodified — Optuna TPE searcher (journal
+(a) ctxtune: `hpo.execution.runner.run_search` on a generated space file, unmodified — Optuna TPE searcher (journal
     storage), FIFO scheduler (every trial runs its full budget, so the work is known),
-    `hpo.trainable.run_trial` building a real `Trainer` (toy msglore on a tiny synthetic set:
+    `hpo.execution.trainable.run_trial` building a real `Trainer` (toy msglore on a tiny synthetic set:
     dataset + model construction, 1 SGD step per epoch, validation on 6 images), a checkpoint
     (engine state + overlay PNGs) with every report, MLflow logging from the driver (sqlite store:
     nested run per trial, params, metrics per epoch, config, overlays), leaderboard, `reuse_actors`.
@@ -57,10 +57,10 @@ STEP_ENV = "CTXTUNE_BENCH_STEP_S"
 
 # --- the padding, installed in every worker of the ctxtune session -------------------------------
 def pad_epochs_in_worker() -> None:
-    """Ray worker setup hook: make `hpo.trainable` build Trainers whose epochs last exactly STEP_ENV s."""
+    """Ray worker setup hook: make `hpo.execution.trainable` build Trainers whose epochs last exactly STEP_ENV s."""
     step_s = float(os.environ[STEP_ENV])
-    import hpo.trainable
-    from hpo.engine import Trainer
+    import hpo.execution.trainable
+    from hpo.training.trainer import Trainer
 
     class PaddedTrainer(Trainer):
         def __init__(self, *args, **kwargs):
@@ -80,7 +80,7 @@ def pad_epochs_in_worker() -> None:
                                bench_t_end=time.time())
             return val
 
-    hpo.trainable.Trainer = PaddedTrainer
+    hpo.execution.trainable.Trainer = PaddedTrainer
 
 
 # --- (a) ctxtune ---------------------------------------------------------------------------------
@@ -109,8 +109,8 @@ def write_space(work: Path, name: str, base: dict, args) -> Path:
 def run_ctxtune(work: Path, name: str, base: dict, args) -> dict:
     from ray import tune
 
-    from hpo.search_runner import run_search
-    from hpo.space import load_space
+    from hpo.execution.runner import run_search
+    from hpo.tuning.space import load_space
 
     space = write_space(work, name, base, args)
     out = io.StringIO()
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
         f"share the cores).",
         f"Command: `{command}` — {args.trials} trials x {args.epochs} epochs x {args.step_seconds:g} s, "
         f"{args.concurrency} at a time: minimum {minimum_s(args):.0f} s. What each path runs: see the module "
-        f"docstring of `benchmarks/overhead.py` (ctxtune = the unmodified `hpo.search_runner.run_search` with checkpoints and MLflow "
+        f"docstring of `benchmarks/overhead.py` (ctxtune = the unmodified `hpo.execution.runner.run_search` with checkpoints and MLflow "
         f"logging on, epochs padded to a fixed time inside the trial's real `Trainer`).", "",
         table(rows), "",
         f"Best of {args.repeats}: ctxtune {best('ctxtune', 'ratio'):.3f}x its minimum end to end, "

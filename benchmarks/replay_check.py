@@ -67,9 +67,9 @@ def main(argv=None) -> int:
 
     from datasets.synthetic import ensure
     from hpo.replay import ReplaySettings, from_search, replay
-    from hpo.search_handle import find_search
-    from hpo.search_runner import run_search
-    from hpo.space import load_space
+    from hpo.results.handle import find_search
+    from hpo.execution.runner import run_search
+    from hpo.tuning.space import load_space
 
     rows = ["| search | sampler, ASHA | trials | same config | same ASHA outcome | real: completed / stopped | "
             "replay: completed / stopped | wall (s) |", "|---|---|---:|---:|---:|---:|---:|---:|"]

@@ -5,7 +5,7 @@
     python -m benchmarks.search_efficiency --write                 # also replace the RESULTS.md section + plots
 
 Every search is `hpo.replay` over a table of learning curves (format: docs/replay.md): the real
-HonestOptunaSearch, Optuna sampler and scheduler (hpo.calibrated.make_scheduler: Ray's ASHAScheduler
+HonestOptunaSearch, Optuna sampler and scheduler (hpo.tuning.calibrated.make_scheduler: Ray's ASHAScheduler
 or CalibratedASHA), in simulated time. The methods differ only in sampler and scheduler; everything
 else is what `hpo.replay --table FILE` replays by default (the demo space's settings:
 `hpo.replay.table_settings`), so the row "calibrated ASHA + TPE" is the shipped default search.
@@ -214,7 +214,7 @@ def plot(runs: list[dict], path: Path, budget: int, title: str) -> None:
 
 def rank_summary(table: Path) -> str:
     """Spearman(validation score, final score of the same training seed) at a few validations."""
-    from hpo.calibrated import spearman
+    from hpo.tuning.calibrated import spearman
     from hpo.replay import from_table
 
     src = from_table(table)

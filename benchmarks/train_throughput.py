@@ -5,11 +5,11 @@
     python -m benchmarks.train_throughput --device cuda --compile   # + opt-in torch.compile
     ... --write        # also replace this device's section of benchmarks/RESULTS.md
 
-What one step is: the body of `hpo.engine.Trainer.train_epoch` — host->device copy of a batch, forward
+What one step is: the body of `hpo.training.trainer.Trainer.train_epoch` — host->device copy of a batch, forward
 under the run's autocast, `models.seg_loss` (main + aux terms), GradScaler-wrapped backward, SGD
 step — on synthetic tensors (random images and labels made once, so the data pipeline is not
 measured; the loaders' part is covered by persistent workers and pinned memory, not timed here).
-The switches come from `hpo.engine.resolve_runtime`, i.e. exactly what a run config resolves to:
+The switches come from `hpo.training.trainer.resolve_runtime`, i.e. exactly what a run config resolves to:
 
 - `fp32 eager`: `runtime: {amp: off, channels_last: false, cudnn_benchmark: false}`, blocking
   copies from pageable memory — the loop with every switch off.
@@ -38,7 +38,7 @@ import time
 
 import torch
 
-from hpo.engine import RuntimeSettings, resolve_runtime
+from hpo.training.trainer import RuntimeSettings, resolve_runtime
 from models import build_model, model_names, preset, seg_loss
 from benchmarks.results import write_section
 

@@ -35,7 +35,7 @@ def evaluate(cfg: dict, checkpoint: str, tta: bool = False, export_dir: str | No
     from datasets.export import export_cityscapes, overlay, save_png
     from datasets.metrics import ConfusionMatrix
     from datasets.transforms import denormalize
-    from hpo.engine import load_model_weights, predict, resolve_device
+    from hpo.training.trainer import load_model_weights, predict, resolve_device
     from models import build_model
 
     device = resolve_device(cfg)
@@ -79,7 +79,7 @@ def majority_baseline(gt_counts: torch.Tensor) -> dict:
 
 def main(argv=None) -> int:
     from hpo.config import load_run_config
-    from hpo.outputs import per_class_lines
+    from hpo.training.outputs import per_class_lines
 
     args = parse_args(argv)
     try:

@@ -6,7 +6,7 @@
     python -m hpo.promote ray_results/demo --address ray://head:10001
     python -m hpo.promote demo --space edited.yaml     # another promote section than the one that ran
 
-What it does and the choices behind it: hpo/promotion.py. Bad input is one line and exit code 2.
+What it does and the choices behind it: hpo/execution/promotion.py. Bad input is one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import os
 import sys
 
 from hpo.config import ConfigError
-from hpo.mlflow_store import fail_fast_http
-from hpo.promotion import PromoteError, promote
-from hpo.search_handle import SearchNotFound, find_search
-from hpo.space import SpaceError
+from hpo.tracking.store import fail_fast_http
+from hpo.execution.promotion import PromoteError, promote
+from hpo.results.handle import SearchNotFound, find_search
+from hpo.tuning.space import SpaceError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

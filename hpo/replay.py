@@ -10,7 +10,7 @@ A replay is a search whose trials do not train: each suggestion is a config with
 curves (a curve table, or the trials of a finished search) and its results arrive from that curve at
 simulated times. Everything else is the code a real `hpo.search` runs: `HonestOptunaSearch` with the
 sampler `make_sampler` builds, behind Ray's `ConcurrencyLimiter`, and the scheduler
-`hpo.calibrated.make_scheduler` builds from the same settings (calibrated early stopping or Ray's
+`hpo.tuning.calibrated.make_scheduler` builds from the same settings (calibrated early stopping or Ray's
 `ASHAScheduler`), called in the order Ray's TuneController calls them (Syne Tune's simulator backend
 follows the same design):
 
@@ -55,7 +55,8 @@ from typing import Any
 import numpy as np
 from optuna.samplers import BaseSampler
 
-from hpo.calibration import to_unit
+from hpo.trials import ITERATION
+from hpo.tuning.calibration import to_unit
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TABLE = REPO / "benchmarks" / "tables" / "msglore_toy_curves.npz"
@@ -187,9 +188,9 @@ def from_table(path: Path = DEFAULT_TABLE, schedule: str | None = None, annealed
 
 
 def from_search(search) -> CurveSource:
-    """A finished search (hpo.search_handle.SearchHandle): each trial is one known config with one seed;
+    """A finished search (hpo.results.handle.SearchHandle): each trial is one known config with one seed;
     its curve stops where the search stopped it."""
-    from hpo.space import optuna_distributions
+    from hpo.tuning.space import optuna_distributions
 
     max_t = search.max_t
     trials = [t for t in search.trials if t.params]
@@ -217,10 +218,10 @@ def from_search(search) -> CurveSource:
 
 def _ray_durations(exp_dir: Path) -> dict[str, dict[int, float]]:
     """trial id -> {validation: seconds} from Ray's per-trial result.json files."""
-    from hpo.search_handle import ray_results
+    from hpo.trials import ray_results
 
-    return {tid: {int(r["training_iteration"]): float(r["time_this_iter_s"]) for r in rows
-                  if "training_iteration" in r and "time_this_iter_s" in r}
+    return {tid: {int(r[ITERATION]): float(r["time_this_iter_s"]) for r in rows
+                  if ITERATION in r and "time_this_iter_s" in r}
             for tid, rows in ray_results(exp_dir).items()}
 
 
@@ -231,7 +232,7 @@ class ReplaySettings:
     sampler: str = "tpe"
     seed: int = 0
     scheduler: str = "asha"              # asha | none
-    trust: str = "calibrated"            # calibrated (hpo/calibrated.py) | raw (Ray's plain ASHA)
+    trust: str = "calibrated"            # calibrated (hpo/tuning/calibrated.py) | raw (Ray's plain ASHA)
     calibration: dict = field(default_factory=dict)   # scheduler.calibration settings
     grace_period: int = 1
     reduction_factor: float = 3
@@ -243,7 +244,7 @@ class ReplaySettings:
     feedback: str = "pruned"
     diverged_feedback: str = "pruned"     # as search.diverged_feedback
     points_to_evaluate: list[dict] = field(default_factory=list)
-    defaults: dict = field(default_factory=dict)   # knob -> default (hpo/priors.py): evaluated first, a prior
+    defaults: dict = field(default_factory=dict)   # knob -> default (hpo/tuning/priors.py): evaluated first, a prior
     prior_share: float = 0.2
     prior_width: float = 0.15
     prior_decay: float | None = None
@@ -252,9 +253,9 @@ class ReplaySettings:
 
     @classmethod
     def from_space(cls, spec, **over) -> "ReplaySettings":
-        """The search and scheduler settings of a space file (hpo.space.SpaceFile)."""
+        """The search and scheduler settings of a space file (hpo.tuning.space.SpaceFile)."""
         from hpo.config import encode_choice
-        from hpo.space import encoded_points
+        from hpo.tuning.space import encoded_points
 
         sc, se = spec.scheduler, spec.search
         return cls(**{**dict(
@@ -298,7 +299,7 @@ class ReplayResult:
 
 def expected_epochs_per_trial(max_t: int, grace: int, rf: float) -> float:
     """Validations one trial costs on average under ASHA: a share 1/rf^k passes rung k."""
-    from hpo.schedules import asha_rungs
+    from hpo.training.schedules import asha_rungs
 
     total, prev = 0.0, 0
     for k, rung in enumerate(asha_rungs(grace, rf, max_t) + [max_t]):
@@ -344,9 +345,9 @@ class SnapToTable(BaseSampler):
 
 
 def build_scheduler(source: CurveSource, s: ReplaySettings, max_t: int, max_concurrent: int):
-    """The scheduler a search with these settings builds (hpo.calibrated.make_scheduler)."""
-    from hpo.calibrated import make_scheduler
-    from hpo.space import CalibrationSection, SchedulerSection
+    """The scheduler a search with these settings builds (hpo.tuning.calibrated.make_scheduler)."""
+    from hpo.tuning.calibrated import make_scheduler
+    from hpo.tuning.space import CalibrationSection, SchedulerSection
 
     section = SchedulerSection(name=s.scheduler, max_t=max_t,
                                grace_period=s.grace_period, reduction_factor=s.reduction_factor, trust=s.trust,
@@ -361,9 +362,9 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
     from ray.tune.schedulers import TrialScheduler
     from ray.tune.search import ConcurrencyLimiter
 
-    from hpo.priors import with_priors
-    from hpo.searcher import HonestOptunaSearch
-    from hpo.space import SearchSection, base_sampler
+    from hpo.tuning.priors import with_priors
+    from hpo.tuning.searcher import HonestOptunaSearch
+    from hpo.tuning.space import SearchSection, base_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = settings
@@ -455,9 +456,9 @@ def replay(source: CurveSource, settings: ReplaySettings) -> ReplayResult:
             continue
         epochs += source.cost(step)
         t.epochs = step
-        # as hpo/trainable.py reports: a diverged step carries its status and no score
+        # as hpo/execution/trainable.py reports: a diverged step carries its status and no score
         result = ({"status": "diverged"} if diverged else {source.metric: float(value)})
-        result.update(training_iteration=step, trial_id=tid)
+        result.update({ITERATION: step, "trial_id": tid})
         if not diverged:
             t.last = float(value)
         decision = scheduler.on_trial_result(None, handles[tid], result)
@@ -522,7 +523,7 @@ def table_settings(source: CurveSource, space: Path = DEMO_SPACE) -> ReplaySetti
     """What `hpo.replay --table FILE` replays by default: the search and scheduler settings of the demo
     space (its sampler, concurrency, ASHA ladder and trust), over the table's full length, with a budget
     of `TABLE_BUDGET` full trainings. The knobs' defaults come along only where the table has those knobs."""
-    from hpo.space import load_space
+    from hpo.tuning.space import load_space
 
     spec = load_space(space)
     settings = ReplaySettings.from_space(spec, max_t=None, num_samples=None,
@@ -560,7 +561,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         if args.search:
-            from hpo.search_handle import SearchNotFound, find_search
+            from hpo.results.handle import SearchNotFound, find_search
 
             try:
                 found = find_search(args.search, args.storage_path, args.tracking_uri)
@@ -570,7 +571,7 @@ def main(argv=None) -> int:
             # as many trials as the search ran (a stop rule or an interrupt may have ended it early)
             settings = ReplaySettings.from_space(found.spec, num_samples=len(source.params))
         else:
-            from hpo.space import SpaceError
+            from hpo.tuning.space import SpaceError
 
             source = from_table(args.table, args.schedule, args.annealed)
             try:

@@ -5,7 +5,7 @@
     python -m hpo.report 3f2a...c9 --tracking-uri sqlite:///mlflow.db   # an MLflow parent run id
 
 The report (also written automatically at the end of `python -m hpo.search`) is described in
-hpo/report_page.py. An unknown SEARCH is one line on stderr and exit code 2.
+hpo/results/report_page.py. An unknown SEARCH is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from hpo.mlflow_store import fail_fast_http
-from hpo.search_handle import SearchNotFound, find_search
+from hpo.tracking.store import fail_fast_http
+from hpo.results.handle import SearchNotFound, find_search
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from hpo.report_page import write_report
+    from hpo.results.report_page import write_report
 
     args = parse_args(argv)
     fail_fast_http()   # an unreachable tracking server costs seconds, as in hpo.search

@@ -6,7 +6,7 @@
     python -m hpo.search SPACE.yaml --address ray://head:10001  # join a Ray cluster
 
 Bad input (unknown key, bad range, missing file, structural impossibility) is one line on stderr
-and exit code 2, before Ray starts. The work is done by `hpo.search_runner.run_search`.
+and exit code 2, before Ray starts. The work is done by `hpo.execution.runner.run_search`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 
 from datasets.errors import DatasetError
 from hpo.config import ConfigError
-from hpo.space import SpaceError, SpaceFile, load_space, warn_if_from_scratch
+from hpo.tuning.space import SpaceError, SpaceFile, load_space, warn_if_from_scratch
 
 # command-line flag -> the space-file key it overrides (validated with the rest of the file)
 OVERRIDES = {"name": "experiment.name", "num_samples": "search.num_samples",
@@ -53,7 +53,7 @@ def prepare(args: argparse.Namespace) -> SpaceFile:
 
 
 def main(argv=None) -> int:
-    from hpo.search_runner import dry_run, run_search
+    from hpo.execution.runner import dry_run, run_search
 
     args = parse_args(argv)
     try:

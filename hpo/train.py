@@ -20,7 +20,7 @@ Choices:
   validations. The engine replays epoch e's shuffle from `seed*1000 + e` and the checkpoint holds
   the RNG state, so a resumed run matches an uninterrupted one.
 - The per-epoch `val_miou` curve is always single-scale; `eval.tta` (multi-scale + flip) applies
-  to the final evaluation only, logged as `final_val_miou` (hpo/outputs.py, shared with promotion).
+  to the final evaluation only, logged as `final_val_miou` (hpo/training/outputs.py, shared with promotion).
 - MLflow is optional at run time: any tracking failure (store unreachable, MLflow not installed
   on a bare GPU box) prints one warning and the training goes on. Without `--tracking-uri` the
   store is MLflow's default (sqlite `mlflow.db` in the working directory; artifacts in
@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hpo.config import ConfigError, dump_yaml, flatten, load_run_config, normalize
-from hpo.mlflow_store import (fail_fast_http, get_or_create_experiment, log_params, register_model,
+from hpo.tracking.store import (fail_fast_http, get_or_create_experiment, log_params, register_model,
                               resolve_tracking_uri)
-from hpo.outputs import (CONFUSION, MODEL_DIR, OVERLAYS, final_evaluation, final_metrics, per_class_lines,
+from hpo.training.outputs import (CONFUSION, MODEL_DIR, OVERLAYS, final_evaluation, final_metrics, per_class_lines,
                          write_final_outputs)
 
 CHECKPOINT = "last.pt"
@@ -112,7 +112,7 @@ def train(cfg: dict, out: Path, resume: bool = False, log: Callable[[str], None]
     `on_validation(metrics)` is called after each validation, once the checkpoint of that epoch
     (if any) is on disk. No MLflow here: the caller tracks (main() through RunTracker).
     """
-    from hpo.engine import Trainer
+    from hpo.training.trainer import Trainer
     from models.backbone import scratch_warning
 
     cfg = normalize(cfg)
@@ -296,7 +296,7 @@ class RunTracker:
 # --- CLI ------------------------------------------------------------------------------------
 def main(argv=None) -> int:
     from datasets import preflight
-    from hpo.engine import DivergenceError
+    from hpo.training.trainer import DivergenceError
 
     args = parse_args(argv)
     fail_fast_http(retries=2, timeout_s=30)   # a training process can afford a little patience

@@ -61,7 +61,7 @@ class SegModel(nn.Module):
         self.aux_block = aux_block
         # What inputs need (detectron2's name): H and W multiples of this. At multiples of the output
         # stride every feature cell covers whole pixels; SpaceMeshLab's pixel shuffle needs it exactly.
-        # hpo.space checks every crop of a search against it.
+        # hpo.tuning.space checks every crop of a search against it.
         self.size_divisibility = backbone.output_stride
         head = FCNHead(backbone.channels[aux_block], aux_channels, num_classes, dropout) if aux_head else None
         for block in AUX_BLOCKS:   # aux_block4 / aux_block5: the module is named after what it reads

@@ -1,4 +1,4 @@
-"""Calibrated early stopping (hpo/calibrated.py): what it cuts on, what it tells the sampler, what
+"""Calibrated early stopping (hpo/tuning/calibrated.py): what it cuts on, what it tells the sampler, what
 survives a resume, and that the replay runs the very scheduler a search builds."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from hpo.calibrated import CalibratedASHA, make_scheduler
-from hpo.calibration import (CALIBRATION_FILE, PASS, PREDICTED, RAW, RidgeLOO, conformal_margin, lower_bound,
+from hpo.tuning.calibrated import CalibratedASHA, make_scheduler
+from hpo.trials import CALIBRATION_FILE
+from hpo.tuning.calibration import (PASS, PREDICTED, RAW, RidgeLOO, conformal_margin, lower_bound,
                              spearman, unit_encoder)
 
 
@@ -149,7 +150,7 @@ def test_state_survives_a_restart(tmp_path):
 def test_make_scheduler_follows_the_space_file(tmp_path):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from hpo.space import SchedulerSection
+    from hpo.tuning.space import SchedulerSection
 
     d = _dist()
     assert isinstance(make_scheduler(SchedulerSection(max_t=9), d, 2), CalibratedASHA)
@@ -165,7 +166,7 @@ def test_searcher_is_told_the_estimate_of_a_cut_trial():
     """A trial cut on a trusted prediction reaches Optuna as COMPLETE with the predicted final."""
     import optuna
 
-    from hpo.searcher import HonestOptunaSearch
+    from hpo.tuning.searcher import HonestOptunaSearch
 
     estimates = {"a": 7.5}
     searcher = HonestOptunaSearch(_dist(), "score", "max", sampler=optuna.samplers.RandomSampler(seed=0), max_t=9,

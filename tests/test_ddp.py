@@ -11,9 +11,10 @@ from mlflow.tracking import MlflowClient
 
 from conftest import tiny_run_config, wait_for
 from datasets.bundle import SeededSampler, ShardedSeededSampler
-from hpo.search_handle import find_search, ray_results
-from hpo.search_runner import run_search, trial_plan
-from hpo.space import SpaceError, load_space
+from hpo.results.handle import find_search
+from hpo.trials import ray_results
+from hpo.execution.runner import run_search, trial_plan
+from hpo.tuning.space import SpaceError, load_space
 
 EPOCHS = 2
 
@@ -49,7 +50,7 @@ def space_file(tmp_path: Path, data_root: Path, resources: dict) -> Path:
 
 @pytest.mark.slow
 def test_two_worker_ddp_trial_in_a_real_search(ray_local, tiny_data, tmp_path, monkeypatch):
-    from hpo.engine import Trainer, load_checkpoint
+    from hpo.training.trainer import Trainer, load_checkpoint
 
     monkeypatch.chdir(tmp_path)
     path = space_file(tmp_path, tiny_data, {"cpu": 1, "gpu": 0, "workers": 2})

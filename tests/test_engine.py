@@ -34,7 +34,7 @@ def test_models_and_datasets_never_import_orchestration():
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
-    from hpo.engine import Trainer
+    from hpo.training.trainer import Trainer
 
     torch.set_num_threads(1)
     cfg = tiny_run_config(tiny_data)
@@ -59,7 +59,7 @@ def test_fit_validates_every_epoch_with_poly_lr(trained):
 
 
 def test_checkpoint_round_trip_restores_state(trained, tiny_data):
-    from hpo.engine import Trainer
+    from hpo.training.trainer import Trainer
 
     cfg, trainer, _, _, path = trained
     other = Trainer(cfg, log=lambda *_: None)
@@ -71,7 +71,7 @@ def test_checkpoint_round_trip_restores_state(trained, tiny_data):
 
 
 def test_diverging_loss_raises_divergence(tiny_data):
-    from hpo.engine import DivergenceError, Trainer
+    from hpo.training.trainer import DivergenceError, Trainer
 
     cfg = tiny_run_config(tiny_data, **{"optim.lr": 1e12})
     with pytest.raises(DivergenceError, match="loss became"):

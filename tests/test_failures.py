@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def test_identical_failures_stop_the_search(ray_local, tiny_data, tmp_path, monkeypatch, capfd, caplog):
     from hpo import search
-    from hpo.stopping import STOP_FILE
+    from hpo.trials import STOP_FILE
 
     space = write_space(tmp_path, tiny_data, "allfail", num_samples=6, max_concurrent=1, epochs=2)
     doc = yaml.safe_load(space.read_text())
@@ -47,8 +47,8 @@ def test_identical_failures_stop_the_search(ray_local, tiny_data, tmp_path, monk
 
 
 def test_failure_rule_needs_the_same_error_in_a_row(tmp_path):
-    from hpo.space import StopSection
-    from hpo.stopping import SearchStopper
+    from hpo.tuning.space import StopSection
+    from hpo.tuning.stopping import SearchStopper
 
     stopper = SearchStopper(StopSection(), "val_miou", "max", 3, 1, tmp_path, stop_after_failures=3)
     for tid, err in [("a", "E1"), ("b", "E1"), ("c", None), ("d", "E1"), ("e", "E2"), ("f", "E1"), ("g", "E1")]:
@@ -67,7 +67,7 @@ def test_ray_lines_that_compete_with_ctxtunes_own_are_dropped(caplog):
     prints `python -m hpo.search ... --resume`); a failed trial's record is one line."""
     import logging
 
-    from hpo.search_runner import prepare_environment
+    from hpo.execution.runner import prepare_environment
 
     prepare_environment()
     prepare_environment()                      # twice: one filter each, not two

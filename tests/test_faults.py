@@ -192,7 +192,7 @@ def test_tracking_server_outage_delays_but_loses_nothing(tiny_data, tmp_path):
     """The MLflow server goes away mid-search (OUTAGE_S, plus the time it takes to start again) and
     comes back on the same port and stores: trials keep training meanwhile, and afterwards every
     metric is there. Trials that finish while it is down leave the driver retrying its queue at the
-    end of the search (hpo/tracking.py drains for up to 120 s); the server is back well before that."""
+    end of the search (hpo/tracking/trial_logger.py drains for up to 120 s); the server is back well before that."""
     server = MlflowServer(tmp_path).start()
     epochs, n = 4, 4
     space = write_space(tmp_path, tiny_data, "outage", server.uri, num_samples=n, epochs=epochs, iters_per_epoch=8)

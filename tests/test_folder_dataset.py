@@ -317,8 +317,8 @@ def test_corrupt_file_fails_only_its_trial(ray_local, tmp_path, capsys, monkeypa
     assert by_root[str(good)].data.tags["status"] == "completed"
     ious = {k for k in by_root[str(good)].data.metrics if k.startswith("iou_")}
     assert ious and ious <= {f"iou_{c}" for c in CLASSES}       # the dataset's class names
-    from hpo.report_page import per_class_html
-    from hpo.search_handle import find_search
+    from hpo.results.report_page import per_class_html
+    from hpo.results.handle import find_search
 
     table = per_class_html(find_search("corrupt", storage_path=str(tmp_path / "ray_results"),
                                        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
@@ -378,7 +378,7 @@ def test_camvid_preset_needs_a_root(monkeypatch, tmp_path):
 
 
 def test_camvid_layout_and_root_from_the_environment_reach_the_trials(tmp_path, monkeypatch):
-    from hpo.search_runner import ensure_data
+    from hpo.execution.runner import ensure_data
 
     values = (0, 3, 10, 11)
     for split, n in (("train", 3), ("val", 2)):
@@ -424,7 +424,7 @@ def test_the_docs_camvid_example_builds_the_same_dataset_as_the_preset(tmp_path)
 @pytest.mark.skipif(not CAMVID.is_dir(), reason="no CamVid copy at ../shared/data/camvid")
 def test_camvid_trains_a_step_with_its_class_names(monkeypatch):
     from hpo.config import load_yaml, set_key
-    from hpo.engine import Trainer
+    from hpo.training.trainer import Trainer
 
     monkeypatch.setenv("CAMVID_DATASET", str(CAMVID))
     cfg = load_yaml(Path(__file__).resolve().parents[1] / "search_spaces/configs/msglore_camvid_toy.yaml")

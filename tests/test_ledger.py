@@ -1,4 +1,4 @@
-"""The cost ledger (hpo/ledger.py) on trials with known costs: every number computed by hand."""
+"""The cost ledger (hpo/results/ledger.py) on trials with known costs: every number computed by hand."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hpo.ledger import Ledger, kind_of, ledger, log_to_run, unit_of
-from hpo.search_handle import TrialRecord
+from hpo.results.ledger import Ledger, kind_of, ledger, log_to_run, unit_of
+from hpo.results.handle import TrialRecord
 
 
 def trial(number: int, status: str, cost: dict[int, float], kind: str | None = "cpu") -> TrialRecord:

@@ -118,7 +118,7 @@ def test_scratch_warning_only_for_a_silent_null_at_depth_50_and_up():
 
 @pytest.mark.parametrize("value", ["none", "NONE"])
 def test_pretrained_none_trains_from_scratch_without_touching_the_filesystem(value):
-    from hpo.search_runner import absolutize_paths
+    from hpo.execution.runner import absolutize_paths
 
     cfg = preset("fcn", "toy")
     cfg["model"]["backbone"]["pretrained"] = value
@@ -161,7 +161,7 @@ def test_hpo_train_warns_for_null(tmp_path, capsys):
 
 
 def test_shipped_paper_spaces_name_the_weights_and_fail_early_without_them(tmp_path, monkeypatch):
-    from hpo.space import SpaceError, load_space
+    from hpo.tuning.space import SpaceError, load_space
     from models.backbone import ResNetBackbone
 
     monkeypatch.chdir(tmp_path)                              # the relative path resolves here: no file

@@ -8,7 +8,7 @@ import numpy as np
 import optuna
 import pytest
 
-from hpo.priors import PriorMixSampler, draw_near
+from hpo.tuning.priors import PriorMixSampler, draw_near
 
 SPACE = {"n3": optuna.distributions.IntDistribution(2, 64),
          "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
@@ -92,7 +92,7 @@ def test_shipped_default_prior_fades_in_a_real_study():
     are the prior trials, many early, few late; the demo space's sampler is built that way."""
     from pathlib import Path
 
-    from hpo.space import load_space, make_sampler
+    from hpo.tuning.space import load_space, make_sampler
 
     demo = make_sampler(load_space(Path(__file__).parents[1] / "search_spaces" / "demo.yaml"))
     assert isinstance(demo, PriorMixSampler) and (demo.share, demo.decay) == (0.5, 10)

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 
 def test_progress_line_counts_against_the_total(capsys):
-    from hpo.search_runner import progress_printer
+    from hpo.execution.runner import progress_printer
 
     printer = progress_printer("val_miou", 6, total=15)
     trials = [SimpleNamespace(trial_id=f"t{i}", status=s)
@@ -22,7 +22,7 @@ def test_progress_line_counts_against_the_total(capsys):
 
 def test_long_categorical_choices_get_short_slice_ticks():
     """Dilation grids as slice-plot ticks overlapped: long choices become #0, #1, ... spelled out below."""
-    from hpo.report_page import choice_labels
+    from hpo.results.report_page import choice_labels
 
     assert choice_labels(["paper3", "dense9"]) == (["paper3", "dense9"], "")
     labels, key = choice_labels(["paper3", [[1, 2, 3], [1, 2, 3, 4]]])

@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from conftest import TOY_PROMOTE_EPOCHS, TOY_SEARCH, wait_for
 from hpo import promote
 from hpo import train as hpo_train
-from hpo.promotion import CHAMPION, select_winners
-from hpo.search_handle import find_search
+from hpo.execution.promotion import CHAMPION, select_winners
+from hpo.results.handle import find_search
 from helpers import EPOCHS
 
 pytestmark = pytest.mark.slow

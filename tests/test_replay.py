@@ -157,7 +157,7 @@ def test_regret_and_epochs_to_on_a_known_trajectory():
 
 def test_diverged_trials_feedback_to_optuna():
     """pruned (default): PRUNED with the scores it had; worst: COMPLETE at the worst score seen; fail: FAIL."""
-    from hpo.searcher import HonestOptunaSearch
+    from hpo.tuning.searcher import HonestOptunaSearch
 
     space = {"lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
     for mode, state in [("pruned", optuna.trial.TrialState.PRUNED), ("worst", optuna.trial.TrialState.COMPLETE),
@@ -170,7 +170,7 @@ def test_diverged_trials_feedback_to_optuna():
         s.on_trial_complete("good", {"val_miou": 9.0, "training_iteration": 3})
         s.suggest("nan")
         s.on_trial_result("nan", {"val_miou": 3.0, "training_iteration": 1})
-        s.on_trial_complete("nan", {"status": "diverged", "training_iteration": 2})   # as hpo/trainable.py reports
+        s.on_trial_complete("nan", {"status": "diverged", "training_iteration": 2})   # as hpo/execution/trainable.py reports
         trial = s.study.trials[1]
         assert trial.state == state, mode
         assert trial.user_attrs["diverged"] is True
@@ -221,7 +221,7 @@ def real_search(ray_local, tiny_data, tmp_path_factory):
 
 def test_replaying_a_real_search_reproduces_its_asha_decisions(real_search):
     from hpo.replay import from_search, replay, ReplaySettings
-    from hpo.search_handle import find_search
+    from hpo.results.handle import find_search
 
     found = find_search("realreplay", str(real_search / "ray_results"))
     real = [(t.status, t.last_step) for t in found.trials]
@@ -256,7 +256,7 @@ def test_rung_correlation_is_logged_to_the_parent_run(real_search):
     assert all(-1.0 <= m.value <= 1.0 for m in history)
     assert [m.step for m in history] == sorted(m.step for m in history)       # step = trials in the pair
     # the last value logged is Spearman over every trial that reached both rungs, computed here by hand
-    from hpo.search_handle import find_search
+    from hpo.results.handle import find_search
 
     trials = find_search("realreplay", str(real_search / "ray_results")).trials
     both = [(t.curve[1], t.curve[2]) for t in trials if 1 in t.curve and 2 in t.curve]

@@ -21,12 +21,15 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from conftest import tiny_run_config
-from hpo import report, report_page, search_runner
+from hpo import report
+from hpo.execution import runner as search_runner
+from hpo.results import report_page
 from hpo.config import apply_overrides, dump_yaml, flatten
-from hpo.search_handle import (STATE_FILE, SearchHandle, find_search as locate, records_from_journal,
+from hpo.trials import STATE_FILE
+from hpo.results.handle import (SearchHandle, find_search as locate, records_from_journal,
                                records_from_ray)
-from hpo.sensitivity import EVALUATORS, importance_table
-from hpo.space import load_space, optuna_distributions
+from hpo.results.sensitivity import EVALUATORS, importance_table
+from hpo.tuning.space import load_space, optuna_distributions
 
 MAX_T = 3     # tiny_run_config's budget: 3 validations; ASHA grace 1, factor 3 -> one rung at 1
 KNOBS = {
@@ -422,7 +425,7 @@ def test_report_cost_table_from_ray_results_and_a_result_line_cut_short(tmp_path
 def test_find_search_edge_cases(tmp_path):
     """--space overrides the recorded space file; a missing space file or a corrupt state file is one
     SearchNotFound line saying what to do."""
-    from hpo.search_handle import SearchNotFound
+    from hpo.results.handle import SearchNotFound
 
     trials = synthetic_trials(distributions(tmp_path), lambda p: 10 * p["optim.momentum"], n=6)
     exp_dir = write_search(tmp_path, "edge", trials, parent=False)
@@ -446,7 +449,7 @@ def test_find_search_edge_cases(tmp_path):
 def test_leaderboard_and_promotion_agree_when_the_best_epoch_is_not_the_last(tmp_path):
     """Trial A peaks at epoch 2 and ends low; trial B ends highest: B is rank 1 for the leaderboard,
     best_config's rule and promotion alike (one definition of a trial's score)."""
-    from hpo.promotion import select_winners
+    from hpo.execution.promotion import select_winners
 
     dists = distributions(tmp_path)
     trials = synthetic_trials(dists, lambda p: 10.0, n=3, n_failed=0)

@@ -1,4 +1,4 @@
-"""The rung self-check (hpo/rung_check.py): Spearman against a hand-computed rank correlation, the
+"""The rung self-check (hpo/tuning/rung_check.py): Spearman against a hand-computed rank correlation, the
 pairs it completes, its verdict lines. (The value a real search logs to MLflow: test_replay.)"""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from helpers import hand_spearman
     ([1, 2, 2, 3, 5], [2, 1, 4, 4, 9], None),                          # ties: average ranks
 ])
 def test_spearman_on_known_data(x, y, expected):
-    from hpo.rung_check import spearman
+    from hpo.tuning.rung_check import spearman
 
     rho = spearman([float(v) for v in x], [float(v) for v in y])
     assert rho == pytest.approx(hand_spearman(x, y), abs=1e-12)
@@ -28,7 +28,7 @@ def test_spearman_on_known_data(x, y, expected):
 
 
 def test_rung_correlation_table():
-    from hpo.rung_check import LOW, RungCorrelation, verdict
+    from hpo.tuning.rung_check import LOW, RungCorrelation, verdict
 
     check = RungCorrelation([1, 3, 9])
     for i in range(8):
@@ -58,14 +58,14 @@ def test_rung_correlation_table():
     ([1, 2, 3, 4], [5, 5, 9, 9]),
 ])
 def test_spearman_needs_three_trials_and_two_distinct_scores_per_side(x, y):
-    from hpo.rung_check import spearman
+    from hpo.tuning.rung_check import spearman
 
     assert spearman([float(v) for v in x], [float(v) for v in y]) == pytest.approx(hand_spearman(x, y), abs=1e-12)
     assert spearman([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(0.5)
 
 
 def test_a_pair_is_completed_only_by_the_later_milestone():
-    from hpo.rung_check import RungCorrelation
+    from hpo.tuning.rung_check import RungCorrelation
 
     check = RungCorrelation([1, 3, 9])
     assert check.add("u", 9, 1.0) is None              # the full budget first (a resumed trial's order)
@@ -76,7 +76,7 @@ def test_a_pair_is_completed_only_by_the_later_milestone():
 
 
 def test_verdict_lines_say_what_to_change():
-    from hpo.rung_check import verdict
+    from hpo.tuning.rung_check import verdict
 
     assert verdict(1, 3, -0.25, 8, 9, unit="validation") == (
         "rung check: Spearman(validation 1, validation 3) = -0.25 over 8 trials: LOW (< 0.7) - scores at "

@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_run_config
 from helpers import child_pids
 from hpo.config import ConfigError
-from hpo.engine import Trainer, resolve_runtime
+from hpo.training.trainer import Trainer, resolve_runtime
 
 
 def one_step_config(data_root, **overrides) -> dict:

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from hpo.config import encode_choice
-from hpo.space import SpaceFile, encoded_points, make_sampler, optuna_distributions
+from hpo.tuning.space import SpaceFile, encoded_points, make_sampler, optuna_distributions
 
 GRID = [[6, 12, 18], [6, 12, 18]]
 
@@ -26,7 +26,7 @@ def spec(search: dict) -> SpaceFile:
 def test_each_sampler_drives_the_searcher_through_a_small_search(name):
     """The searcher a real search builds (HonestOptunaSearch) asking and telling with each sampler:
     the defaults first, then the sampler's own proposals within bounds, every trial told."""
-    from hpo.searcher import HonestOptunaSearch
+    from hpo.tuning.searcher import HonestOptunaSearch
 
     s = spec({"sampler": name, "seed": 1, "num_samples": 8})
     searcher = HonestOptunaSearch(optuna_distributions(s), "val_miou", "max", sampler=make_sampler(s), max_t=2,

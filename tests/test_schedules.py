@@ -1,4 +1,4 @@
-"""Budget-aware LR schedules and annealed evaluation (hpo/schedules.py, Trainer.annealed_validate)."""
+"""Budget-aware LR schedules and annealed evaluation (hpo/training/schedules.py, Trainer.annealed_validate)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def _optim(**kw) -> dict:
 
 
 def test_poly_is_the_papers_schedule():
-    from hpo.schedules import lr_factor
+    from hpo.training.schedules import lr_factor
 
     f = lr_factor(_optim(), steps_per_epoch=10, total_steps=100)
     assert f(0) == 1.0 and f(100) == 0.0
@@ -23,7 +23,7 @@ def test_poly_is_the_papers_schedule():
 
 
 def test_wsd_is_constant_then_decays_linearly_to_zero():
-    from hpo.schedules import lr_factor
+    from hpo.training.schedules import lr_factor
 
     f = lr_factor(_optim(schedule="wsd", decay_fraction=0.2), steps_per_epoch=10, total_steps=100)
     assert [f(s) for s in (0, 40, 79)] == [1.0, 1.0, 1.0]
@@ -33,7 +33,7 @@ def test_wsd_is_constant_then_decays_linearly_to_zero():
 
 
 def test_rung_poly_reaches_zero_at_every_rung_and_restarts_on_the_envelope():
-    from hpo.schedules import lr_factor
+    from hpo.training.schedules import lr_factor
 
     f = lr_factor(_optim(schedule="rung_poly", rungs=[1, 3]), steps_per_epoch=10, total_steps=90)
     assert f(0) == 1.0
@@ -45,7 +45,7 @@ def test_rung_poly_reaches_zero_at_every_rung_and_restarts_on_the_envelope():
 def test_asha_rungs_match_rays_bracket():
     from ray.tune.schedulers.async_hyperband import _Bracket
 
-    from hpo.schedules import asha_rungs
+    from hpo.training.schedules import asha_rungs
 
     for grace, rf, max_t in [(1, 3, 9), (1, 2, 9), (2, 3, 6), (3, 3, 9), (1, 4, 16)]:
         ray_rungs = sorted(m for m, _ in _Bracket(grace, max_t, rf, 0)._rungs if m < max_t)
@@ -65,7 +65,7 @@ def test_bad_rungs_are_one_line_errors():
 def test_annealed_evaluation_scores_a_fork_and_leaves_the_run_untouched(tiny_data):
     """A run with cool-down forks after epochs 1 and 2 ends bit-identical to one without them,
     and reports the fork's score as val_miou beside the plain one."""
-    from hpo.engine import Trainer
+    from hpo.training.trainer import Trainer
 
     torch.set_num_threads(1)
     plain = Trainer(tiny_run_config(tiny_data, **{"optim.schedule": "wsd"}), log=lambda *_: None)
@@ -85,7 +85,7 @@ def test_annealed_evaluation_scores_a_fork_and_leaves_the_run_untouched(tiny_dat
 
 
 def test_the_fork_really_trains_and_is_then_undone(tiny_data):
-    from hpo.engine import Trainer
+    from hpo.training.trainer import Trainer
 
     torch.set_num_threads(1)
     trainer = Trainer(tiny_run_config(tiny_data, **{"optim.schedule": "wsd"}), log=lambda *_: None)
@@ -99,7 +99,7 @@ def test_the_fork_really_trains_and_is_then_undone(tiny_data):
 
 
 def test_schedule_values_by_hand_at_the_edges():
-    from hpo.schedules import lr_factor
+    from hpo.training.schedules import lr_factor
 
     one = lr_factor(_optim(), steps_per_epoch=1, total_steps=1)               # a one-step budget
     assert one(0) == 1.0 and one(1) == 0.0
@@ -121,7 +121,7 @@ def test_schedule_values_by_hand_at_the_edges():
 
 
 def test_unknown_schedule_is_named():
-    from hpo.schedules import lr_factor
+    from hpo.training.schedules import lr_factor
 
     with pytest.raises(ValueError) as err:
         lr_factor({"poly_power": 0.9, "schedule": "cosine"}, 1, 10)

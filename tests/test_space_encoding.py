@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from hpo.config import encode_choice
-from hpo.priors import PriorMixSampler
-from hpo.space import (FloatDist, IntDist, SpaceFile, base_sampler, encoded_points, make_sampler, max_reports,
+from hpo.tuning.priors import PriorMixSampler
+from hpo.tuning.space import (FloatDist, IntDist, SpaceFile, base_sampler, encoded_points, make_sampler, max_reports,
                        optuna_distributions, rung_milestones)
 
 GRID = [[6, 12, 18], [6, 12, 18]]

@@ -38,7 +38,7 @@ def test_cli_subprocess_has_no_traceback(tmp_path):
 
 
 def test_dry_run_samples_within_bounds(capsys):
-    from hpo.space import load_space
+    from hpo.tuning.space import load_space
 
     spec = load_space(DEMO)
     assert search.main([str(DEMO), "--dry-run"]) == 0
@@ -59,7 +59,7 @@ def test_list_valued_categorical_round_trips():
     import optuna
 
     from hpo.config import apply_overrides, encode_choice
-    from hpo.space import CategoricalDist
+    from hpo.tuning.space import CategoricalDist
 
     grid = [[6, 12, 18], [6, 12, 18]]
     dist = optuna.distributions.CategoricalDistribution([encode_choice(grid), "paper9"])

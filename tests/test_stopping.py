@@ -10,10 +10,11 @@ import yaml
 
 from conftest import tiny_run_config
 from helpers import child_runs
-from hpo.search_handle import find_search
-from hpo.search_runner import run_search
-from hpo.space import load_space
-from hpo.stopping import STOP_FILE, SearchStopper
+from hpo.results.handle import find_search
+from hpo.execution.runner import run_search
+from hpo.tuning.space import load_space
+from hpo.trials import STOP_FILE
+from hpo.tuning.stopping import SearchStopper
 
 pytestmark = pytest.mark.slow
 SAMPLES = 6

@@ -1,7 +1,7 @@
 """Promotion: re-train a search's best full-budget trials over seeds on Ray Tune, register the champion.
 
-    from hpo.search_handle import find_search
-    from hpo.promotion import promote
+    from hpo.results.handle import find_search
+    from hpo.execution.promotion import promote
     promote(find_search("demo"), top_k=2, seeds=2, out="winners")
 
 1. Ranks only trials that ran the full search budget (`completed`, `scheduler.max_t` validations),
@@ -12,8 +12,8 @@
    with the winner's knobs; it is written to `<out>/<search>/rank<k>.yaml`. The `promote` section may
    not set a searched key (each winner keeps its own value): that is a one-line error.
 3. The K x S trainings are one Tune run, a grid over (rank, seed), in `<out>/<search>/promotion/`:
-   the search's own trainable (hpo/trainable.py, with its final evaluation and weights on) and the
-   search's own MLflow callback (hpo/tracking.py) with the `PromotedRuns` layout: top-level runs in
+   the search's own trainable (hpo/execution/trainable.py, with its final evaluation and weights on) and the
+   search's own MLflow callback (hpo/tracking/trial_logger.py) with the `PromotedRuns` layout: top-level runs in
    the search's experiment, named `promote-rank<k>-seed<s>`, tagged `ctxtune.search_parent`, `rank`,
    `seed`, `ray_trial_id` (the search trial promoted) and `ctxtune.search_trial_run`. Tune places
    them with the space file's `resources` (GPU -> CPU fallback with one warning) and retries a
@@ -45,9 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpo.config import ConfigError, apply_overrides, deep_merge, dump_yaml, flatten, normalize
-from hpo.mlflow_store import find_runs, register_model
-from hpo.search_handle import SearchHandle, TrialRecord
-from hpo.space import SpaceFile, max_reports
+from hpo.tracking.store import find_runs, register_model
+from hpo.results.handle import SearchHandle, TrialRecord
+from hpo.tuning.space import SpaceFile, max_reports
 
 CHAMPION = "champion"
 TUNE_NAME = "promotion"
@@ -77,7 +77,7 @@ def promoted_base(spec: SpaceFile) -> dict:
     """The search's base with the `promote` section merged in; bad keys fail before Ray starts."""
     import torch
 
-    from hpo.search_runner import absolutize_paths
+    from hpo.execution.runner import absolutize_paths
     from models import build_model
 
     touched = set(flatten(spec.promote)) & set(spec.space)
@@ -141,7 +141,7 @@ def param_space(jobs: list[Job]) -> dict:
 
 @dataclass(frozen=True)
 class PromotedRuns:
-    """Run layout of a promotion (hpo/tracking.py): top-level runs in the search's experiment, tagged
+    """Run layout of a promotion (hpo/tracking/trial_logger.py): top-level runs in the search's experiment, tagged
     with the search's parent run, the rank and seed, and the search trial they re-train."""
     parent_run_id: str
     search_name: str
@@ -167,8 +167,8 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     """Train the winners; 0 when all trainings finished, 1 when some failed, 130 when interrupted."""
     from ray import tune
 
-    from hpo.search_runner import connect_ray, fit_resources, prepare_environment, progress_printer, trial_plan
-    from hpo.tracking import MLflowTrialLogger
+    from hpo.execution.runner import connect_ray, fit_resources, prepare_environment, progress_printer, trial_plan
+    from hpo.tracking.trial_logger import MLflowTrialLogger
 
     prepare_environment()
     spec, metric, max_t = handle.spec, handle.metric, handle.max_t
@@ -262,9 +262,9 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
 
 
 def cost_line(handle: SearchHandle, trials) -> dict:
-    """What the promotion spent (hpo/ledger.py), printed and logged to the search's parent run as
+    """What the promotion spent (hpo/results/ledger.py), printed and logged to the search's parent run as
     `promotion_device_seconds`, beside the search's own `cost_*`."""
-    from hpo.ledger import kind_of, ledger, unit_of
+    from hpo.results.ledger import kind_of, ledger, unit_of
 
     results = [t.last_result or {} for t in trials]
     total = sum(float(r.get("device_seconds_total", 0.0)) for r in results)
@@ -333,7 +333,7 @@ def results_table(winners: list[TrialRecord], jobs: list[Job], scores: dict, spe
 
 def format_rows(rows: list[dict], keys: list[str], metric: str) -> str:
     from hpo.config import display_value
-    from hpo.search_runner import aligned
+    from hpo.execution.runner import aligned
 
     cols = ["rank", "trial", *keys, f"search {metric}", "full budget (mean ± std)", "n", "per seed"]
     cells = [cols]

@@ -8,7 +8,7 @@ throwaway per-trial database — and works the same against a tracking server.
 Layout: one experiment per search name (tagged so the MLflow UI opens its runs table, not the
 GenAI view), one parent run per search. Where a trial's run lives, what it is called and how it is
 found again is a *run layout*: `SearchRuns` nests one run per search trial under the parent;
-promotion's `PromotedRuns` (hpo/promotion.py) makes top-level runs tagged with the search parent,
+promotion's `PromotedRuns` (hpo/execution/promotion.py) makes top-level runs tagged with the search parent,
 rank and seed. Either way a run holds params = the flattened resolved config, metrics per
 validation, the final per-class IoU and `final_*` metrics of its last result, a status tag,
 config.yaml, overlay PNGs, and whatever model/ weights or confusion.png its checkpoint carries.
@@ -19,7 +19,7 @@ at the end of the search) instead of raising. Order is kept, so a run is created
 metrics are written.
 
 Fault handling (tests/test_faults.py):
-- A down tracking server: the search sets MLflow's HTTP retries low (hpo/mlflow_store.py), so a call
+- A down tracking server: the search sets MLflow's HTTP retries low (hpo/tracking/store.py), so a call
   fails in milliseconds into the queue instead of blocking the driver loop in MLflow's own
   backoff (minutes by default). `delayed_ops` counts failed attempts, `delayed_seconds` the time
   the queue was blocked; the end of the search prints both.
@@ -33,7 +33,7 @@ Fault handling (tests/test_faults.py):
 - On `--resume` the runs, last logged step, last node and finished trials are recovered from
   MLflow, so a trial restarted from an older checkpoint writes no step twice and no second
   final status.
-- Every result names its Ray node and worker pid (hpo/trainable.py); the run is tagged
+- Every result names its Ray node and worker pid (hpo/execution/trainable.py); the run is tagged
   `ray_node_id` / `ray_pid` (the latest, when it changes).
 """
 
@@ -51,18 +51,17 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from hpo.config import apply_overrides, dump_yaml, flatten
-from hpo.mlflow_store import find_runs, log_params, nested_filter
-from hpo.outputs import CONFUSION, MODEL_DIR, OVERLAYS
-from hpo.calibration import MODE_CODE
-from hpo.rung_check import RungCorrelation, verdict
-from hpo.search_handle import trial_error_line, trial_status
-from hpo.trainable import split_params
+from hpo.tracking.store import find_runs, log_params, nested_filter
+from hpo.training.outputs import CONFUSION, MODEL_DIR, OVERLAYS
+from hpo.tuning.calibration import MODE_CODE
+from hpo.tuning.rung_check import RungCorrelation, verdict
+from hpo.trials import ITERATION, split_params, trial_error_line, trial_status
 
 logger = logging.getLogger(__name__)
 
 PER_EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds",
                      "val_miou_raw", "val_pixel_acc_raw", "anneal_seconds",    # *_raw: annealed evaluation
-                     "device_seconds")                                          # the cost ledger (hpo/ledger.py)
+                     "device_seconds")                                          # the cost ledger (hpo/results/ledger.py)
 RETRY_EVERY_S = 2.0       # while the store is unreachable, events retry the queue at most this often
 
 
@@ -107,9 +106,9 @@ class MLflowTrialLogger(Callback):
         self.delayed_seconds = 0.0              # time the queue was blocked by an unreachable store
         self._blocked_since: float | None = None
         self._next_try = 0.0                    # while blocked, retry at most every RETRY_EVERY_S
-        # Rung self-check (hpo/rung_check.py): scores at the ASHA rungs and the full budget.
+        # Rung self-check (hpo/tuning/rung_check.py): scores at the ASHA rungs and the full budget.
         self.rung_check = RungCorrelation(sorted(set(rungs or []) | {max_t}), mode) if rungs else None
-        # Calibrated early stopping (hpo/calibrated.py): its per-rung decisions go to the parent run.
+        # Calibrated early stopping (hpo/tuning/calibrated.py): its per-rung decisions go to the parent run.
         self.scheduler = scheduler if hasattr(scheduler, "rungs") else None
 
     # Tune pickles callbacks with the experiment; the client is rebuilt on the other side.
@@ -199,7 +198,7 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._ensure_run(trial)
-        tid, step = trial.trial_id, int(result.get("training_iteration", 0))
+        tid, step = trial.trial_id, int(result.get(ITERATION, 0))
         if step <= self.logged_step.get(tid, 0):
             return
         self.logged_step[tid] = step
@@ -261,14 +260,14 @@ class MLflowTrialLogger(Callback):
         result = trial.last_result or {}
         status = trial_status(result, errored, self.max_t)
         ts = int(time.time() * 1000)
-        step = int(result.get("training_iteration", 0))
+        step = int(result.get(ITERATION, 0))
         final = [Metric(k.replace("iou/", "iou_"), float(v), ts, step) for k, v in result.items()
                  if (k.startswith(("iou/", "final_")) or k == "device_seconds_total")
                  and isinstance(v, (int, float)) and v == v]
         estimate = self.scheduler.estimate(tid) if self.scheduler is not None else None
         if estimate is not None:     # cut by calibrated early stopping: what it predicted the trial would reach
             final.append(Metric(f"predicted_final_{self.metric}", float(estimate), ts, step))
-        tags = [RunTag("status", status), RunTag("epochs_run", str(result.get("training_iteration", 0)))]
+        tags = [RunTag("status", status), RunTag("epochs_run", str(result.get(ITERATION, 0)))]
         if "device_kind" in result:
             tags.append(RunTag("device_kind", str(result["device_kind"])))
         if status == "failed":

@@ -1,7 +1,7 @@
 """Which knobs mattered: Optuna studies rebuilt from a search's trials, importance per stage.
 
 Every analysis goes through Optuna studies rebuilt from the search's `TrialRecord`s
-(hpo/search_handle.py) with `optuna.trial.create_trial`, using the distributions of its space file.
+(hpo/results/handle.py) with `optuna.trial.create_trial`, using the distributions of its space file.
 
 Choices made here (documented because nothing upstream fixes them):
 - "Full budget" means the trial ran `scheduler.max_t` validations without failing. With
@@ -30,8 +30,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
 from hpo.config import display_value
-from hpo.search_handle import SearchHandle, TrialRecord
-from hpo.space import SpaceFile, optuna_distributions, rung_milestones
+from hpo.results.handle import SearchHandle, TrialRecord
+from hpo.tuning.space import SpaceFile, optuna_distributions, rung_milestones
 
 EVALUATORS = ("PED-ANOVA", "fANOVA")
 
@@ -47,7 +47,7 @@ def display_distributions(spec: SpaceFile) -> dict[str, BaseDistribution]:
 
 def rung_correlations(search: SearchHandle) -> list[tuple[int, int, float, int]]:
     """(rung, next rung, Spearman rho, trials) over the trials' logged curves: the rung self-check."""
-    from hpo.rung_check import RungCorrelation
+    from hpo.tuning.rung_check import RungCorrelation
 
     check = RungCorrelation(rung_milestones(search.spec) + [search.max_t], search.mode)
     for t in search.trials:

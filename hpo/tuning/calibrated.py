@@ -27,7 +27,7 @@ supports a cut:
   rule kept more of ASHA's gain where early epochs rank well than also requiring ASHA's
   bottom-(1 - 1/rf) condition, and lost nothing where they do not: benchmarks/RESULTS.md.)
 - **Sampler feedback.** A trial cut on a trusted signal has an estimate of its final score
-  (`estimate(trial_id)`): the searcher (hpo/searcher.py) tells Optuna that estimate as a COMPLETE
+  (`estimate(trial_id)`): the searcher (hpo/tuning/searcher.py) tells Optuna that estimate as a COMPLETE
   value, so TPE compares full-budget scores (measured or predicted), never raw early scores.
 
 `make_scheduler` builds what a space file's `scheduler` section asks for: this one for
@@ -55,7 +55,8 @@ from typing import Any, Callable
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from hpo.calibration import (PASS, PREDICTED, RAW, RidgeLOO, RungStats, conformal_margin, features, lower_bound,
+from hpo.trials import ITERATION
+from hpo.tuning.calibration import (PASS, PREDICTED, RAW, RidgeLOO, RungStats, conformal_margin, features, lower_bound,
                              spearman, unit_encoder)
 
 
@@ -89,8 +90,8 @@ class CalibratedASHA(FIFOScheduler):
                  encode: Callable[[dict], list[float]], cold_start: int | None = None,
                  max_concurrent: int = 1, audit_share: float = 0.1, rho_min: float = 0.5,
                  confidence: float = 0.8, tail: float = 0.95, penalty: float = 1.0,
-                 time_attr: str = "training_iteration", state_path: str | None = None):
-        from hpo.schedules import asha_rungs
+                 time_attr: str = ITERATION, state_path: str | None = None):
+        from hpo.training.schedules import asha_rungs
 
         super().__init__()
         self._metric, self._mode = metric, mode       # or later from Tune: set_search_properties
@@ -243,7 +244,7 @@ class CalibratedASHA(FIFOScheduler):
 
 
 def make_scheduler(sched, distributions: dict[str, Any], max_concurrent: int, state_path: str | None = None):
-    """The Tune scheduler a space file's `scheduler` section (hpo.space.SchedulerSection) asks for; the
+    """The Tune scheduler a space file's `scheduler` section (hpo.tuning.space.SchedulerSection) asks for; the
     real search and the replay both build theirs here. Metric and mode come as Tune gives them to any
     scheduler: `set_search_properties` (the Tuner's metric; the replay calls it the same way)."""
     from ray.tune.schedulers import ASHAScheduler

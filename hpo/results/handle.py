@@ -18,8 +18,8 @@ The `SearchHandle` it returns knows the search's paths, its MLflow ids, its spac
   `params.json`/`result.json`, or, when the Ray results are not on this machine, from the MLflow
   nested runs. Each record carries its MLflow run id where the tracking store knows it.
 
-This module also owns the names of the files a search leaves beside Ray's state, and the one
-reading of how a trial ended (`trial_status`). It imports no Ray: `hpo.report` starts fast.
+The trial vocabulary (statuses, result keys, file names) is hpo.trials'. Room `hpo.results`: a
+finished search, read back without Ray (`hpo.report` starts fast); it never imports Ray.
 """
 
 from __future__ import annotations
@@ -37,37 +37,11 @@ from typing import Any
 import yaml
 
 from hpo.config import apply_overrides, decode_choice, display_value
-from hpo.mlflow_store import find_runs, nested_filter, resolve_tracking_uri
-from hpo.space import SpaceError, SpaceFile, load_space, optuna_distributions
+from hpo.trials import ITERATION, JOURNAL_FILE, STATE_FILE, STATUSES, ray_results, result_rows, trial_status
+from hpo.tracking.store import find_runs, nested_filter, resolve_tracking_uri
+from hpo.tuning.space import SpaceError, SpaceFile, load_space, optuna_distributions
 
-STATE_FILE = "ctxtune_search.json"       # parent run id, tracking URI, experiment id, space file path
-JOURNAL_FILE = "optuna_journal.log"      # the Optuna study
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-STATUSES = ("completed", "early_stopped", "failed", "unfinished")
-DIVERGED = "diverged"      # the `status` a trainable reports when the loss became NaN/inf
-
-
-def trial_status(last_result: dict | None, errored: bool, max_t: int) -> str:
-    """The one reading of how a trial ended, from its last result: shared by the searcher, the MLflow
-    tags, the leaderboards and every reader of recorded results."""
-    if errored or not last_result or last_result.get("status") == DIVERGED:
-        return "failed"
-    if last_result.get("training_iteration", 0) < max_t:
-        return "early_stopped"
-    return "completed"
-
-
-def trial_error_line(trial) -> str:
-    """The last line of a failed Tune trial's error (the exception's type and message)."""
-    try:
-        err = trial.get_error()
-        text = str(err) if err else ""
-    except Exception:  # noqa: BLE001
-        text = ""
-    if not text and trial.error_file and Path(trial.error_file).is_file():
-        text = Path(trial.error_file).read_text()
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "trial errored"
 
 
 class SearchNotFound(ValueError):
@@ -82,7 +56,7 @@ class TrialRecord:
     curve: dict[int, float]             # validation index (training_iteration) -> metric
     status: str                         # completed | early_stopped | failed | unfinished
     run_id: str | None = None           # its MLflow run, where the tracking store has it
-    cost: dict[int, float] = field(default_factory=dict)   # validation -> device-seconds (hpo/ledger.py)
+    cost: dict[int, float] = field(default_factory=dict)   # validation -> device-seconds (hpo/results/ledger.py)
     device_kind: str | None = None      # what the cost counts: "gpu" or "cpu" seconds
 
     @property
@@ -355,34 +329,10 @@ def records_from_journal(journal: Path, study_name: str, spec: SpaceFile) -> lis
             status = "unfinished"
         else:   # the searcher's own reading; a journal written by another searcher: FAIL or by length
             status = t.user_attrs.get("status") or ("failed" if t.state == TrialState.FAIL else
-                                                    trial_status({"training_iteration": max(curve, default=0)},
+                                                    trial_status({ITERATION: max(curve, default=0)},
                                                                  not curve, max_t))
         out.append(TrialRecord(t.number, t.user_attrs.get("ray_trial_id", f"#{t.number}"), dict(t.params), curve,
                                status))
-    return out
-
-
-def _rows(result_json: Path) -> list[dict]:
-    """The result rows of one trial's result.json, in order (a restarted trial's re-runs included)."""
-    rows = []
-    if result_json.is_file():
-        for line in result_json.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue       # a line cut short by an interrupted write
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
-def ray_results(exp_dir: Path) -> dict[str, list[dict]]:
-    """Trial id -> every result row Ray wrote for it."""
-    out: dict[str, list[dict]] = {}
-    for path in sorted(Path(exp_dir).glob("*/result.json")):
-        for row in _rows(path):
-            if "trial_id" in row:
-                out.setdefault(row["trial_id"], []).append(row)
     return out
 
 
@@ -390,8 +340,8 @@ def _cost(rows: list[dict]) -> tuple[dict[int, float], str | None]:
     """Device-seconds per validation (summed over re-runs of a step) and their kind."""
     cost: dict[int, float] = {}
     for r in rows:
-        if "device_seconds" in r and "training_iteration" in r:
-            step = int(r["training_iteration"])
+        if "device_seconds" in r and ITERATION in r:
+            step = int(r[ITERATION])
             cost[step] = cost.get(step, 0.0) + float(r["device_seconds"])
     kinds = {r["device_kind"] for r in rows if "device_kind" in r}
     return cost, (kinds.pop() if len(kinds) == 1 else None)
@@ -402,9 +352,9 @@ def records_from_ray(exp_dir: Path, spec: SpaceFile) -> list[TrialRecord]:
     found = []
     for d in sorted(p for p in exp_dir.iterdir() if (p / "params.json").is_file()):
         params = json.loads((d / "params.json").read_text())
-        rows = _rows(d / "result.json")
-        curve = {int(r["training_iteration"]): float(r[metric]) for r in rows
-                 if metric in r and "training_iteration" in r}
+        rows = result_rows(d / "result.json")
+        curve = {int(r[ITERATION]): float(r[metric]) for r in rows
+                 if metric in r and ITERATION in r}
         last = rows[-1] if rows else None
         errored = (d / "error.txt").is_file() or (d / "error.pkl").is_file()
         status = trial_status(last, errored and (not curve or max(curve) < max_t), max_t)

@@ -1,10 +1,10 @@
 """When the whole search stops: a target, a budget, or a plateau of full-budget scores.
 
-The space file's `stop:` section (hpo/space.py, README "Stopping a search"):
+The space file's `stop:` section (hpo/tuning/space.py, README "Stopping a search"):
 
     stop:
       target: 20.0                       # a trial reached this score at the full budget
-      budget: {device_hours: 4, epochs: 500}   # spent (hpo/ledger.py), whichever comes first
+      budget: {device_hours: 4, epochs: 500}   # spent (hpo/results/ledger.py), whichever comes first
       plateau: {trials: 8, margin: null} # the best full-budget score has not improved by more than
                                          # margin over the last 8 trials that ran the full budget
       seed_spread: 0.7                   # margin: null uses this (the seed-to-seed spread of one
@@ -21,7 +21,7 @@ Tune callback, hands each failed trial's last error line to the stopper.
 
 `SearchStopper` is a Ray Tune `Stopper`: it reads every result; once a rule holds, every running
 trial stops at its next result (at most one more validation each) and the searcher suggests no
-new trial (hpo/searcher.py asks `triggered()`), the reason is written to `ctxtune_stop.json` beside
+new trial (hpo/tuning/searcher.py asks `triggered()`), the reason is written to `ctxtune_stop.json` beside
 Ray's results, and the search prints it, tags the parent run with it and finishes as usual. Not
 Ray's `stop_all`: in Ray 2.60 it ends running trials without telling the searcher, the scheduler
 or the callbacks (`TuneController._stop_experiment_if_needed`), which would leave them RUNNING in
@@ -38,7 +38,8 @@ from pathlib import Path
 
 from ray.tune import Callback, Stopper
 
-STOP_FILE = "ctxtune_stop.json"
+from hpo.trials import ITERATION, STOP_FILE, ray_results, trial_error_line
+
 
 
 class SearchStopper(Stopper):
@@ -86,7 +87,6 @@ class SearchStopper(Stopper):
             return
         self._loaded = True
         self._reset()
-        from hpo.search_handle import ray_results
 
         if self.exp_dir.is_dir():
             rows = sorted((r for rs in ray_results(self.exp_dir).values() for r in rs),
@@ -97,9 +97,9 @@ class SearchStopper(Stopper):
                 self._write()
 
     def _count(self, trial_id: str, result: dict, write: bool = True) -> None:
-        if "training_iteration" not in result or self.reason:
+        if ITERATION not in result or self.reason:
             return
-        step = result["training_iteration"]
+        step = result[ITERATION]
         if result.get("done") and self.last_step.get(trial_id) == step:
             return      # Tune hands a function trainable's last result over once more when it returns
         self.last_step[trial_id] = step
@@ -167,6 +167,5 @@ class FailureWatch(Callback):
         self.stopper.trial_ended(trial.trial_id, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from hpo.search_handle import trial_error_line
 
         self.stopper.trial_ended(trial.trial_id, trial_error_line(trial))

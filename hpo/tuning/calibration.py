@@ -1,4 +1,4 @@
-"""The statistics behind calibrated early stopping (hpo/calibrated.py), without Ray.
+"""The statistics behind calibrated early stopping (hpo/tuning/calibrated.py), without Ray.
 
 How well does a signal available at a rung rank configs by their final score, and how far off can a
 prediction of the final score be? Spearman's rho with a one-sided Fisher-z lower bound; a small
@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from hpo.trials import CALIBRATION_FILE
+
 PASS, RAW, PREDICTED = "pass", "raw", "predicted"
 MODE_CODE = {PASS: 0, RAW: 1, PREDICTED: 2}
-CALIBRATION_FILE = "calibrated_stopping.json"
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The search as a programmatic API: open it, build its Tuner, run it, finish it.
 
-    from hpo.space import load_space
-    from hpo.search_runner import run_search
+    from hpo.tuning.space import load_space
+    from hpo.execution.runner import run_search
 
     spec = load_space("search_spaces/demo.yaml", overrides={"experiment.name": "demo-2"})
     rc = run_search(spec, space_path="search_spaces/demo.yaml")      # 0, or 130 when interrupted
@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpo.config import apply_overrides, dump_yaml, get_key
-from hpo.ledger import ledger, log_to_run
-from hpo.mlflow_store import fail_fast_http, get_or_create_experiment, resolve_tracking_uri
-from hpo.search_handle import JOURNAL_FILE, STATE_FILE, SearchHandle, read_state, write_state
-from hpo.space import SpaceError, SpaceFile, encoded_points, make_sampler, optuna_distributions, rung_milestones
+from hpo.results.ledger import ledger, log_to_run
+from hpo.tracking.store import fail_fast_http, get_or_create_experiment, resolve_tracking_uri
+from hpo.results.handle import SearchHandle, read_state, write_state
+from hpo.trials import CALIBRATION_FILE, JOURNAL_FILE, STATE_FILE, trial_status
+from hpo.tuning.space import SpaceError, SpaceFile, encoded_points, make_sampler, optuna_distributions, rung_milestones
 
 
 @dataclass
@@ -106,12 +107,11 @@ def build_tuner(search: OpenSearch):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray import tune
-    from hpo.calibrated import make_scheduler
-    from hpo.calibration import CALIBRATION_FILE
-    from hpo.searcher import HonestOptunaSearch
-    from hpo.tracking import MLflowTrialLogger
+    from hpo.tuning.calibrated import make_scheduler
+    from hpo.tuning.searcher import HonestOptunaSearch
+    from hpo.tracking.trial_logger import MLflowTrialLogger
 
-    from hpo.stopping import FailureWatch, SearchStopper
+    from hpo.tuning.stopping import FailureWatch, SearchStopper
 
     spec, sched = search.spec, search.spec.scheduler
     stopper = SearchStopper(spec.stop, sched.metric, sched.mode, sched.max_t, spec.base["budget"]["val_every"],
@@ -156,7 +156,7 @@ def finish_search(search: OpenSearch, wall: float, *, report: bool = True, resum
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from hpo.stopping import stop_reason
+    from hpo.tuning.stopping import stop_reason
 
     spec, client = search.spec, MlflowClient(tracking_uri=search.tracking_uri)
     ray_trials = tune.ExperimentAnalysis(str(search.exp_dir)).trials
@@ -251,7 +251,7 @@ def connect_ray(address: str | None) -> None:
 
 
 def charged(resources: dict) -> dict:
-    """What a trial's cost counts (hpo/ledger.py): its GPUs when it has any, else its CPU cores, of
+    """What a trial's cost counts (hpo/results/ledger.py): its GPUs when it has any, else its CPU cores, of
     every data-parallel worker."""
     workers = resources.get("workers", 1)
     if resources.get("gpu"):
@@ -284,11 +284,11 @@ class TrialPlan:
 
 def trial_plan(resources: dict, base: dict, experiment_dir: Path, final_outputs: bool = False) -> TrialPlan:
     """The search's (and promotion's) trainable: a single-process trial, or with `workers` > 1 a
-    Tune trial that drives a Ray Train DDP run on `workers` x (cpu, gpu) (hpo/trainable.py)."""
+    Tune trial that drives a Ray Train DDP run on `workers` x (cpu, gpu) (hpo/execution/trainable.py)."""
     import ray
     from ray import tune
 
-    from hpo.trainable import PlacementGroupReaper, run_ddp_trial, run_trial
+    from hpo.execution.trainable import PlacementGroupReaper, run_ddp_trial, run_trial
 
     cost = charged(resources)
     workers = resources["workers"]
@@ -319,7 +319,6 @@ def progress_printer(metric: str, max_t: int, name=None, total: int | None = Non
     count says `3/15 done, 2 running`)."""
     from ray.tune import Callback
 
-    from hpo.search_handle import trial_status
 
     label = name or (lambda trial: f"trial {trial.trial_id}")
 
@@ -346,7 +345,7 @@ def prepare_environment() -> None:
     """Settings every Tune run of ctxtune needs in the driver (a search's, a promotion's)."""
     # Per-epoch checkpoints of short toy trials trip Ray's snapshot-frequency warning constantly.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # A diverged trial's last result carries its status and no metrics (hpo/trainable.py). Tune's
+    # A diverged trial's last result carries its status and no metrics (hpo/execution/trainable.py). Tune's
     # check that every result holds the metric guards against typos, which the space file's schema
     # already rules out (scheduler.metric is one of the metrics trials report).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -489,7 +488,7 @@ def ui_hint(uri: str, experiment_id: str) -> str:
 def report_or_warn(handle: SearchHandle) -> None:
     """The sensitivity report at the end of a search: a problem is one warning line, never a failed search."""
     try:
-        from hpo.report_page import write_report
+        from hpo.results.report_page import write_report
 
         write_report(handle)
     except Exception as exc:  # noqa: BLE001 - the search itself succeeded

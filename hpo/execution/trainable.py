@@ -1,9 +1,9 @@
 """The Ray Tune function trainables: one trial = one resolved run config trained by the engine.
 
-Used by both the search and the promotion (hpo/promotion.py), so a promoted training is the same
+Used by both the search and the promotion (hpo/execution/promotion.py), so a promoted training is the same
 code path as the trial it re-trains. `run_trial` trains in the trial's own process
 (`resources.workers: 1`); `run_ddp_trial` makes the trial the driver of a Ray Train V2
-`TorchTrainer` whose workers train data-parallel (`hpo/distributed.py`), the pattern Ray documents
+`TorchTrainer` whose workers train data-parallel (`hpo/training/distributed.py`), the pattern Ray documents
 for Train V2 inside Tune. Both report the same results after every validation:
 
 - A trial's config is a flat dict of dotted overrides (`model.selection.n3`) applied to the base
@@ -14,18 +14,18 @@ for Train V2 inside Tune. Both report the same results after every validation:
   last checkpoint.
 - `final_outputs=True` (promotion): the last report also carries the final evaluation
   (`final_val_miou`, with TTA when `eval.tta`; per-class IoU from it) and its checkpoint holds the
-  weights, the confusion picture and the final overlays (hpo/outputs.py).
+  weights, the confusion picture and the final overlays (hpo/training/outputs.py).
 - A diverged loss ends the trial at once with one result `{"status": "diverged", "error": ...}`
   and no metrics, not an exception: retrying a deterministic NaN would only burn the budget again,
   and a result without metrics is not mistaken for a validation by anyone who reads results (the
-  search turns off Tune's check that every result carries the metric; hpo/search_runner.py).
+  search turns off Tune's check that every result carries the metric; hpo/execution/runner.py).
 - A data-parallel trial's checkpoints are its Train run's (`<trial folder>/train/`, rank 0 writes
   them; Tune gets their path as `checkpoint_path`); a restarted trial's Train run resumes from
   them. Its results also carry `ddp_world_size`, `ddp_worker_pids` and `ddp_weights_in_sync` (every
   rank's parameters alike: the gradients were all-reduced).
 - Every result also names where it ran — `node_id` (Ray node) and `pid` (the worker process) —
   so the driver can tag the MLflow run with it and a fault test can find the process to kill.
-- And what it cost (hpo/ledger.py): `device_seconds`, the wall time since the previous result
+- And what it cost (hpo/results/ledger.py): `device_seconds`, the wall time since the previous result
   times the devices the trial holds (`devices`, `device_kind`: GPUs when it has any, else CPU
   cores), and `device_seconds_total` so far (kept in the checkpoint, so a restarted trial goes on
   counting; the partial epoch a crash loses is not counted).
@@ -44,22 +44,9 @@ from ray import tune
 from ray.tune import Callback
 
 from hpo.config import apply_overrides
-from hpo.engine import DivergenceError, Trainer, save_checkpoint
-from hpo.outputs import OVERLAYS, final_evaluation, write_final_outputs, write_overlays
-from hpo.search_handle import DIVERGED
-
-CHECKPOINT_FILE = "state.pt"
-LEDGER_FILE = "ledger.json"
-TRAIN_RUN = "train"             # a data-parallel trial's Ray Train run, inside the trial's folder
-LABEL_PREFIX = "ctxtune."
-
-
-def split_params(params: dict) -> tuple[dict, dict]:
-    """(config overrides, labels) of a trial's params; labels lose their `ctxtune.` prefix."""
-    overrides = {k: v for k, v in params.items() if not k.startswith(LABEL_PREFIX)}
-    labels = {k[len(LABEL_PREFIX):]: v for k, v in params.items() if k.startswith(LABEL_PREFIX)}
-    return overrides, labels
-
+from hpo.training.trainer import DivergenceError, Trainer, save_checkpoint
+from hpo.training.outputs import OVERLAYS, final_evaluation, write_final_outputs, write_overlays
+from hpo.trials import CHECKPOINT_FILE, DIVERGED, ITERATION, LEDGER_FILE, TRAIN_RUN, split_params
 
 class Meter:
     """Device-seconds: wall time between results times the devices the trial holds. `start` (a
@@ -165,7 +152,7 @@ def ddp_worker(loop: dict) -> None:
     """One rank of a data-parallel trial, inside Ray Train (which set up torch.distributed)."""
     import ray.train
 
-    from hpo.distributed import DistributedTrainer, weights_fingerprint
+    from hpo.training.distributed import DistributedTrainer, weights_fingerprint
 
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
@@ -185,7 +172,7 @@ def ddp_worker(loop: dict) -> None:
         extra = {**where, "ddp_world_size": trainer.world, "ddp_worker_pids": [r["pid"] for r in ranks],
                  "ddp_weights_in_sync": len({r["weights"] for r in ranks}) == 1,
                  # Tune keeps a reported training_iteration: a restarted run keeps counting validations
-                 "training_iteration": validations(trainer.epoch)}
+                 ITERATION: validations(trainer.epoch)}
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) if rank == 0 else None
             report = validation_report(trainer, metrics, val, loop["final_outputs"], meter, out, **extra)
@@ -195,7 +182,7 @@ def ddp_worker(loop: dict) -> None:
         trainer.fit(on_validation)
     except DivergenceError as err:        # every rank at the same step: the loss is averaged first
         ray.train.report({"status": DIVERGED, "error": str(err), **where, **meter.charge(),
-                          "training_iteration": validations(trainer.epoch) + 1})
+                          ITERATION: validations(trainer.epoch) + 1})
 
 
 class PlacementGroupReaper(Callback):
