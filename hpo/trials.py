@@ -29,6 +29,10 @@ CALIBRATION_FILE = "calibrated_stopping.json"   # the calibrated scheduler's sta
 CHECKPOINT_FILE = "state.pt"                # in a trial's checkpoint: the trainer's state
 LEDGER_FILE = "ledger.json"                 # in a trial's checkpoint: device-seconds spent so far
 TRAIN_RUN = "train"                         # a data-parallel trial's Ray Train run, inside the trial's folder
+# what a finished training leaves in its checkpoint or output folder (hpo.training.outputs), logged to its run
+MODEL_DIR = "model"                         # weights.pt + config.yaml: what the model registry points at
+OVERLAYS = "overlays"                       # colour overlays of validation predictions
+CONFUSION = "confusion.png"                 # the final evaluation's confusion matrix
 
 
 def trial_status(last_result: dict | None, errored: bool, max_t: int) -> str:

@@ -378,7 +378,7 @@ def test_camvid_preset_needs_a_root(monkeypatch, tmp_path):
 
 
 def test_camvid_layout_and_root_from_the_environment_reach_the_trials(tmp_path, monkeypatch):
-    from hpo.execution.runner import ensure_data
+    from hpo.training.prepare import prepare_data
 
     values = (0, 3, 10, 11)
     for split, n in (("train", 3), ("val", 2)):
@@ -387,7 +387,7 @@ def test_camvid_layout_and_root_from_the_environment_reach_the_trials(tmp_path, 
             write_label(tmp_path / f"{split}annot" / f"0001TP_{i:06d}.png", raw_label(i, values))
     monkeypatch.setenv("CAMVID_DATASET", str(tmp_path))
     base = {"model": {"num_classes": 11}, "data": {"name": "camvid"}}
-    ensure_data(base)
+    prepare_data(base)
     assert base["data"]["root"] == str(tmp_path)      # trials on any node read the same root
     data = datasets.build(base)
     raw = raw_label(0, values)

@@ -118,7 +118,7 @@ def test_scratch_warning_only_for_a_silent_null_at_depth_50_and_up():
 
 @pytest.mark.parametrize("value", ["none", "NONE"])
 def test_pretrained_none_trains_from_scratch_without_touching_the_filesystem(value):
-    from hpo.execution.runner import absolutize_paths
+    from hpo.training.prepare import absolutize_paths
 
     cfg = preset("fcn", "toy")
     cfg["model"]["backbone"]["pretrained"] = value
@@ -148,14 +148,14 @@ def test_search_start_warns_once_for_null_and_is_silent_for_none(tmp_path, capsy
 
 
 def test_hpo_train_warns_for_null(tmp_path, capsys):
-    from hpo import train as hpo_train
-    from hpo.config import ConfigError
+    from hpo.config import ConfigError, load_run_config
+    from hpo.training import run
 
     for pretrained, warned in ((None, True), ("none", False)):
-        cfg = hpo_train.load_run_config(CONFIGS / "msglore_toy.yaml")
+        cfg = load_run_config(CONFIGS / "msglore_toy.yaml")
         cfg["model"]["backbone"].update(depth=50, width=8, pretrained=pretrained)
         with pytest.raises(ConfigError, match="--resume"):      # stops right after the check: no training
-            hpo_train.train(cfg, tmp_path / "out", resume=True)
+            run.train(cfg, tmp_path / "out", resume=True)
         err = capsys.readouterr().err
         assert ("warning: model.backbone.pretrained is null" in err) == warned, err
 

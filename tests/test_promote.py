@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import TOY_PROMOTE_EPOCHS, TOY_SEARCH, wait_for
 from hpo import promote
-from hpo import train as hpo_train
+from hpo.training import run as training_run
 from hpo.execution.promotion import CHAMPION, select_winners
 from hpo.results.handle import find_search
 from helpers import EPOCHS
@@ -176,7 +176,7 @@ def test_hpo_train_reproduces_a_search_trial(finished_search, tmp_path):
     trial = max((t for t in s.trials if t.status == "completed"), key=lambda t: t.last_value)
     client = MlflowClient(s.uri)
     cfg = yaml.safe_load(Path(client.download_artifacts(trial.run_id, "config.yaml", str(tmp_path))).read_text())
-    summary = hpo_train.train(cfg, tmp_path / "again", log=lambda *_: None)
+    summary = training_run.train(cfg, tmp_path / "again", log=lambda *_: None)
     assert summary["final"]["epochs"] == trial.last_step == EPOCHS
     assert summary["final"]["val_miou"] == pytest.approx(trial.last_value, abs=0.05)
 

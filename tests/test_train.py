@@ -18,6 +18,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import tiny_run_config
 from hpo import train as hpo_train
+from hpo.config import load_run_config
+from hpo.tracking.train_tracker import RUN_FILE
+from hpo.training import run as training_run
 
 EPOCHS = 5
 
@@ -69,19 +72,19 @@ def test_killed_training_resumes_into_the_same_run_and_matches_an_uninterrupted_
 
     kill_after_first_checkpoint([sys.executable, "-m", "hpo.train", str(config), "--out", str(killed),
                                  "--tracking-uri", uri, "--experiment", "resume-test"], cwd=tmp_path)
-    state = torch.load(killed / hpo_train.CHECKPOINT, weights_only=True)
+    state = torch.load(killed / training_run.CHECKPOINT, weights_only=True)
     assert 1 <= state["epoch"] < EPOCHS
-    assert not (killed / hpo_train.DONE).exists()
-    run_id = json.loads((killed / hpo_train.RUN_FILE).read_text())["run_id"]
+    assert not (killed / training_run.DONE).exists()
+    run_id = json.loads((killed / RUN_FILE).read_text())["run_id"]
 
     assert hpo_train.main([str(config), "--out", str(killed), "--resume", "--tracking-uri", uri,
                            "--experiment", "resume-test", "--register", "tiny-model"]) == 0
-    assert f"resumed from {killed / hpo_train.CHECKPOINT} at epoch {state['epoch']}" in capsys.readouterr().out
+    assert f"resumed from {killed / training_run.CHECKPOINT} at epoch {state['epoch']}" in capsys.readouterr().out
     assert hpo_train.main([str(config), "--out", str(clean), "--tracking-uri", uri,
                            "--experiment", "resume-test"]) == 0
 
-    resumed = json.loads((killed / hpo_train.METRICS).read_text())
-    straight = json.loads((clean / hpo_train.METRICS).read_text())
+    resumed = json.loads((killed / training_run.METRICS).read_text())
+    straight = json.loads((clean / training_run.METRICS).read_text())
     assert [h["epoch"] for h in resumed["history"]] == list(range(1, EPOCHS + 1))
     for a, b in zip(resumed["history"], straight["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
@@ -90,7 +93,7 @@ def test_killed_training_resumes_into_the_same_run_and_matches_an_uninterrupted_
 
     # the resumed run is the killed one, complete: one point per epoch, final metrics, pictures, weights
     client = MlflowClient(uri)
-    assert json.loads((killed / hpo_train.RUN_FILE).read_text())["run_id"] == run_id
+    assert json.loads((killed / RUN_FILE).read_text())["run_id"] == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run_id, "val_miou")) == list(range(1, EPOCHS + 1))
@@ -116,14 +119,14 @@ def test_tta_final_evaluation_and_outputs(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path, tiny_data, **{"budget.epochs": 2, "eval.tta": True,
                                                   "eval.scales": [0.75, 1.0, 1.25]})
-    summary = hpo_train.train(hpo_train.load_run_config(config), tmp_path / "out", log=lambda *_: None)
+    summary = training_run.train(load_run_config(config), tmp_path / "out", log=lambda *_: None)
     assert summary["final"]["tta"] is True and summary["final"]["epochs"] == 2
     assert summary["final"]["val_miou"] != summary["history"][-1]["val_miou"]   # a different evaluation
     assert len(summary["confusion"]) == len(summary["class_names"]) == 19
     out = tmp_path / "out"
     assert (out / "confusion.png").stat().st_size > 1000
     assert len(list((out / "overlays").glob("*.png"))) == 2
-    assert json.loads((out / hpo_train.DONE).read_text())["final"] == summary["final"]
+    assert json.loads((out / training_run.DONE).read_text())["final"] == summary["final"]
 
 
 def test_bad_input_is_one_line(tiny_data, tmp_path, monkeypatch, capsys):
@@ -153,7 +156,7 @@ def test_broken_tracking_store_warns_once_and_trains(tiny_data, tmp_path, monkey
     captured = capsys.readouterr()
     warnings = [ln for ln in captured.err.splitlines() if ln.startswith("warning: MLflow")]
     assert len(warnings) == 1, captured.err
-    assert (tmp_path / "out" / hpo_train.DONE).is_file()
+    assert (tmp_path / "out" / training_run.DONE).is_file()
     assert "final val mIoU" in captured.out
 
 
@@ -169,12 +172,12 @@ def test_exit_codes_seed_override_and_rerun_of_a_finished_run(tiny_data, tmp_pat
     client = MlflowClient(uri)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FINISHED" and run.data.params["seed"] == "7"
-    done = (out / hpo_train.DONE).read_text()
+    done = (out / training_run.DONE).read_text()
     capsys.readouterr()
     assert hpo_train.main([str(config), "--out", str(out), "--resume", "--tracking-uri", uri]) == 0
-    assert capsys.readouterr().out.strip() == f"{out}: this run already finished (remove {out / hpo_train.DONE} " \
+    assert capsys.readouterr().out.strip() == f"{out}: this run already finished (remove {out / training_run.DONE} " \
                                                "to evaluate again)"
-    assert (out / hpo_train.DONE).read_text() == done                      # not evaluated again
+    assert (out / training_run.DONE).read_text() == done                      # not evaluated again
     assert len(client.search_runs([run.info.experiment_id])) == 1          # no second run
 
     (tmp_path / "d").mkdir()
@@ -185,7 +188,7 @@ def test_exit_codes_seed_override_and_rerun_of_a_finished_run(tiny_data, tmp_pat
     failed = [r for r in client.search_runs([run.info.experiment_id]) if r.info.run_id != run.info.run_id]
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
     assert failed[0].data.tags["error"].startswith("DivergenceError: ")
-    assert not (tmp_path / "nan" / hpo_train.DONE).exists()
+    assert not (tmp_path / "nan" / training_run.DONE).exists()
 
 
 def test_epochs_flag_shortens_a_run_without_editing_the_yaml(tiny_data, tmp_path, monkeypatch, capsys):

@@ -41,10 +41,11 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpo.config import ConfigError, apply_overrides, deep_merge, dump_yaml, flatten, normalize
+from hpo.tracking.layouts import PromotedRuns
 from hpo.tracking.store import find_runs, register_model
 from hpo.results.handle import SearchHandle, TrialRecord
 from hpo.tuning.space import SpaceFile, max_reports
@@ -75,10 +76,7 @@ def select_winners(trials: list[TrialRecord], k: int, max_t: int, mode: str = "m
 
 def promoted_base(spec: SpaceFile) -> dict:
     """The search's base with the `promote` section merged in; bad keys fail before Ray starts."""
-    import torch
-
-    from hpo.execution.runner import absolutize_paths
-    from models import build_model
+    from hpo.training.prepare import absolutize_paths, check_model
 
     touched = set(flatten(spec.promote)) & set(spec.space)
     if touched:
@@ -87,11 +85,10 @@ def promoted_base(spec: SpaceFile) -> dict:
         base = normalize(deep_merge(spec.base, spec.promote))
     except ConfigError as err:
         raise PromoteError(f"promote.{err}") from None
-    with torch.device("meta"):          # structural checks, no memory, no compute
-        try:
-            build_model(base)
-        except ValueError as err:
-            raise PromoteError(f"promote.{err}") from None
+    try:
+        check_model(base)          # structural checks on the meta device: no memory, no compute
+    except ValueError as err:
+        raise PromoteError(f"promote.{err}") from None
     return absolutize_paths(base)
 
 
@@ -137,27 +134,6 @@ def param_space(jobs: list[Job]) -> dict:
     return {"ctxtune.rank": tune.grid_search(sorted({j.rank for j in jobs})),
             "ctxtune.seed_index": tune.grid_search(sorted({j.seed_index for j in jobs})),
             **{k: tune.sample_from(_Pick(values, k)) for k in keys}}
-
-
-@dataclass(frozen=True)
-class PromotedRuns:
-    """Run layout of a promotion (hpo/tracking/trial_logger.py): top-level runs in the search's experiment, tagged
-    with the search's parent run, the rank and seed, and the search trial they re-train."""
-    parent_run_id: str
-    search_name: str
-    winner_tags: dict = field(default_factory=dict)   # rank -> tags naming the promoted search trial
-    key_tag: str = "ctxtune.promote_trial"
-
-    def filter(self) -> str:
-        return f"tags.`ctxtune.search_parent` = '{self.parent_run_id}' and tags.`ctxtune.promote` = '1'"
-
-    def name(self, trial_id: str, labels: dict) -> str:
-        return f"promote-rank{labels['rank']}-seed{labels['seed']}"
-
-    def tags(self, trial_id: str, labels: dict) -> dict[str, str]:
-        return {"ctxtune.search_parent": self.parent_run_id, "ctxtune.search_name": self.search_name,
-                "ctxtune.promote": "1", self.key_tag: trial_id, "rank": str(labels["rank"]),
-                "seed": str(labels["seed"]), **self.winner_tags[labels["rank"]]}
 
 
 # --- the run ------------------------------------------------------------------------------------------

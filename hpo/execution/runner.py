@@ -29,6 +29,7 @@ from hpo.config import apply_overrides, dump_yaml, get_key
 from hpo.results.ledger import ledger, log_to_run
 from hpo.tracking.store import fail_fast_http, get_or_create_experiment, resolve_tracking_uri
 from hpo.results.handle import SearchHandle, read_state, write_state
+from hpo.training.prepare import absolutize_paths, data_to_generate, prepare_data
 from hpo.trials import CALIBRATION_FILE, JOURNAL_FILE, STATE_FILE, trial_status
 from hpo.tuning.space import SpaceError, SpaceFile, encoded_points, make_sampler, optuna_distributions, rung_milestones
 
@@ -81,7 +82,7 @@ def open_search(spec: SpaceFile, *, space_path: str, resume: bool = False, addre
         raise SpaceError(f"experiment.name: a search named '{name}' already exists under {storage}; "
                          f"use --resume to continue it or --name to start another")
     base = absolutize_paths(spec.base)
-    ensure_data(base)
+    prepare_data(base, log=lambda line: print(line, flush=True))
     connect_ray(address)
     resources, base = fit_resources(spec.resources, base)
 
@@ -394,50 +395,6 @@ class OneLineTrialErrors(logging.Filter):
             record.msg = f"{record.msg}: {last[-1] if last else type(exc).__name__}"
             record.exc_info, record.exc_text, record.args = None, None, ()
         return True
-
-
-def absolutize_paths(base: dict) -> dict:
-    """Trials run in their own working directories: make file paths in the config absolute."""
-    cfg = dict(base)
-    data = dict(cfg["data"])
-    if data.get("root"):
-        data["root"] = str(Path(data["root"]).expanduser().resolve())
-    cfg["data"] = data
-    pretrained = cfg["model"].get("backbone", {}).get("pretrained")
-    if pretrained and str(pretrained).strip().lower() != "none":     # "none": from scratch, not a path
-        model = dict(cfg["model"])
-        model["backbone"] = dict(model["backbone"], pretrained=str(Path(pretrained).expanduser().resolve()))
-        cfg["model"] = model
-    return cfg
-
-
-def ensure_data(base: dict) -> None:
-    """The demo's synthetic set is generated on first use (one line says so); a folder dataset's
-    files are checked before Ray starts (one line naming the file or key), and a root taken from an
-    environment variable ($CAMVID_DATASET) is written into `base`, so every trial (any node) reads it."""
-    from datasets import check_sample, preflight
-
-    root = preflight(base)
-    data = base["data"]
-    if root and not data.get("root"):
-        data["root"] = root
-    if data["name"] == "synthetic" and data.get("generate"):
-        from datasets.synthetic import DEFAULTS_ROOT, ensure
-
-        root = data["root"] or DEFAULTS_ROOT
-        if ensure(root, **data["generate"]):
-            print(f"generated the synthetic dataset in {root}")
-    print(check_sample(base), flush=True)      # a sample of files, and labels vs model.num_classes
-
-
-def data_to_generate(base: dict) -> bool:
-    """The synthetic set a search would generate on first use (nothing to check before then)."""
-    data = base["data"]
-    if data["name"] != "synthetic" or not data.get("generate"):
-        return False
-    from datasets.synthetic import DEFAULTS_ROOT, is_populated
-
-    return not is_populated(data["root"] or DEFAULTS_ROOT)
 
 
 def dry_run(spec: SpaceFile, n: int = 3) -> None:

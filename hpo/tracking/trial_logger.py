@@ -7,11 +7,15 @@ throwaway per-trial database — and works the same against a tracking server.
 
 Layout: one experiment per search name (tagged so the MLflow UI opens its runs table, not the
 GenAI view), one parent run per search. Where a trial's run lives, what it is called and how it is
-found again is a *run layout*: `SearchRuns` nests one run per search trial under the parent;
-promotion's `PromotedRuns` (hpo/execution/promotion.py) makes top-level runs tagged with the search parent,
-rank and seed. Either way a run holds params = the flattened resolved config, metrics per
-validation, the final per-class IoU and `final_*` metrics of its last result, a status tag,
-config.yaml, overlay PNGs, and whatever model/ weights or confusion.png its checkpoint carries.
+found again is a *run layout* (hpo.tracking.layouts): `SearchRuns` nests one run per search trial
+under the parent; `PromotedRuns` makes top-level runs tagged with the search parent, rank and seed.
+Either way the run is written by hpo.tracking.run_writer (what `hpo.train` writes too): params =
+the flattened resolved config, metrics per validation, the final per-class IoU and `final_*`
+metrics of its last result, a status tag, config.yaml, overlay PNGs, and whatever model/ weights or
+confusion.png its checkpoint carries.
+
+Room `hpo.tracking`: the MLflow writers. This module is the Ray side of it (a Tune callback); it
+never imports Optuna or PyTorch.
 
 Logging must never fail a trial or the search: every MLflow call goes through an ordered queue;
 when the tracking store is unreachable the calls wait there (and are retried on the next event and
@@ -42,43 +46,23 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from hpo.config import apply_overrides, dump_yaml, flatten
-from hpo.tracking.store import find_runs, log_params, nested_filter
-from hpo.training.outputs import CONFUSION, MODEL_DIR, OVERLAYS
+from hpo.config import apply_overrides
+from hpo.tracking.layouts import SearchRuns
+from hpo.tracking.run_writer import RunWriter, epoch_metrics, final_metrics, now_ms
+from hpo.tracking.store import find_runs
 from hpo.tuning.calibration import MODE_CODE
 from hpo.tuning.rung_check import RungCorrelation, verdict
-from hpo.trials import ITERATION, split_params, trial_error_line, trial_status
+from hpo.trials import ERROR, ITERATION, split_params, trial_error_line, trial_status
 
 logger = logging.getLogger(__name__)
 
-PER_EPOCH_METRICS = ("train_loss", "val_miou", "val_pixel_acc", "lr", "epoch_seconds",
-                     "val_miou_raw", "val_pixel_acc_raw", "anneal_seconds",    # *_raw: annealed evaluation
-                     "device_seconds")                                          # the cost ledger (hpo/results/ledger.py)
 RETRY_EVERY_S = 2.0       # while the store is unreachable, events retry the queue at most this often
-
-
-@dataclass(frozen=True)
-class SearchRuns:
-    """Run layout of a search: one run per trial, nested under the search's parent run."""
-    parent_run_id: str
-    key_tag: str = "ray_trial_id"
-
-    def filter(self) -> str:
-        return nested_filter(self.parent_run_id)
-
-    def name(self, trial_id: str, labels: dict) -> str:
-        return f"trial-{trial_id}"
-
-    def tags(self, trial_id: str, labels: dict) -> dict[str, str]:
-        return {"mlflow.parentRunId": self.parent_run_id, self.key_tag: trial_id}
 
 
 class MLflowTrialLogger(Callback):
@@ -190,9 +174,7 @@ class MLflowTrialLogger(Callback):
                     run = self.client.create_run(self.experiment_id, run_name=self.layout.name(tid, labels), tags=tags)
                     self.run_ids[tid] = run.info.run_id
             if tid not in self._with_params:
-                rid = self.run_ids[tid]
-                log_params(self.client, rid, flatten(cfg))
-                self.client.log_text(rid, dump_yaml(cfg), "config.yaml")
+                RunWriter(self.client, self.run_ids[tid]).write_config(cfg)
                 self._with_params.add(tid)
         self._submit(create)
 
@@ -202,16 +184,16 @@ class MLflowTrialLogger(Callback):
         if step <= self.logged_step.get(tid, 0):
             return
         self.logged_step[tid] = step
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(result[k]), ts, step) for k in PER_EPOCH_METRICS if k in result]
+        ts = now_ms()
+        metrics = epoch_metrics(result, step, ts)
         self._check_rungs(tid, step, result.get(self.metric), ts)
         self._log_calibration(step, ts)
         where = (result.get("node_id"), str(result.get("pid")) if "pid" in result else None)
-        tags = []
+        tags = {}
         if where[0] and where != self.where.get(tid):
             self.where[tid] = where
-            tags = [RunTag("ray_node_id", where[0]), RunTag("ray_pid", where[1] or "")]
-        self._submit(lambda: self.client.log_batch(self.run_ids[tid], metrics=metrics, tags=tags))
+            tags = {"ray_node_id": where[0], "ray_pid": where[1] or ""}
+        self._submit(lambda: RunWriter(self.client, self.run_ids[tid]).log(metrics, tags))
 
     def _check_rungs(self, tid: str, step: int, value, ts: int) -> None:
         """A trial reached a milestone: when that completes a (rung, next rung) pair, log the pair's
@@ -259,32 +241,24 @@ class MLflowTrialLogger(Callback):
         self._ensure_run(trial)
         result = trial.last_result or {}
         status = trial_status(result, errored, self.max_t)
-        ts = int(time.time() * 1000)
+        ts = now_ms()
         step = int(result.get(ITERATION, 0))
-        final = [Metric(k.replace("iou/", "iou_"), float(v), ts, step) for k, v in result.items()
-                 if (k.startswith(("iou/", "final_")) or k == "device_seconds_total")
-                 and isinstance(v, (int, float)) and v == v]
+        final = final_metrics(result, step, ts)
         estimate = self.scheduler.estimate(tid) if self.scheduler is not None else None
         if estimate is not None:     # cut by calibrated early stopping: what it predicted the trial would reach
             final.append(Metric(f"predicted_final_{self.metric}", float(estimate), ts, step))
-        tags = [RunTag("status", status), RunTag("epochs_run", str(result.get(ITERATION, 0)))]
+        tags = {"status": status, "epochs_run": str(result.get(ITERATION, 0))}
         if "device_kind" in result:
-            tags.append(RunTag("device_kind", str(result["device_kind"])))
-        if status == "failed":
-            reason = result.get("error") or trial_error_line(trial)
-            tags.append(RunTag("error", reason[:5000]))
+            tags["device_kind"] = str(result["device_kind"])
+        error = (result.get(ERROR) or trial_error_line(trial)) if status == "failed" else None
         # a data-parallel trial's checkpoints are its Train run's: Tune only gets their path
         ckpt_dir = trial.checkpoint.path if trial.checkpoint is not None else result.get("checkpoint_path")
 
         def finish():
-            rid = self.run_ids[tid]
-            self.client.log_batch(rid, metrics=final, tags=tags)
-            for folder in (OVERLAYS, MODEL_DIR):
-                if ckpt_dir and Path(ckpt_dir, folder).is_dir():
-                    self.client.log_artifacts(rid, str(Path(ckpt_dir, folder)), folder)
-            if ckpt_dir and Path(ckpt_dir, CONFUSION).is_file():
-                self.client.log_artifact(rid, str(Path(ckpt_dir, CONFUSION)))
-            self.client.set_terminated(rid, "FAILED" if status == "failed" else "FINISHED")
+            run = RunWriter(self.client, self.run_ids[tid])
+            run.log(final, tags)
+            run.log_outputs(ckpt_dir)
+            run.close(failed=status == "failed", error=error)
         self._submit(finish)
 
     def on_step_begin(self, iteration, trials, **info):

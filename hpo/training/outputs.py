@@ -12,7 +12,6 @@ MLflow callback logs from) and `hpo.train` (into its output folder):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -20,10 +19,9 @@ import numpy as np
 import torch
 
 from hpo.config import dump_yaml
+from hpo.training.files import atomic_path
+from hpo.trials import CONFUSION, MODEL_DIR, OVERLAYS
 
-MODEL_DIR = "model"
-CONFUSION = "confusion.png"
-OVERLAYS = "overlays"
 
 
 def write_overlays(samples, palette, out_dir: Path) -> None:
@@ -55,9 +53,8 @@ def per_class_lines(per_class_iou: dict[str, float]) -> str:
 def write_model(trainer, cfg: dict, out: Path) -> None:
     model_dir = Path(out) / MODEL_DIR
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / "weights.pt.tmp"
-    torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, tmp)
-    os.replace(tmp, model_dir / "weights.pt")
+    with atomic_path(model_dir / "weights.pt") as tmp:
+        torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, tmp)
     (model_dir / "config.yaml").write_text(dump_yaml(cfg))
 
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ from datasets.metrics import ConfusionMatrix
 from models import build_model, seg_loss
 
 from hpo.config import normalize
+from hpo.training.files import atomic_path
 from hpo.training.schedules import lr_factor
 
 
@@ -131,6 +131,30 @@ def predict(forward: Callable, image: torch.Tensor, label_size: tuple[int, int],
         logits = torch.nn.functional.interpolate(logits.float(), size=label_size, mode="bilinear",
                                                  align_corners=False)
     return logits.argmax(1)
+
+
+@torch.no_grad()
+def validation_pass(forward: Callable, batches, cfg: dict, data, device: torch.device, tta: bool, *,
+                    to_device: Callable | None = None, autocast: Callable = contextlib.nullcontext,
+                    each: Callable | None = None) -> ConfusionMatrix:
+    """The one validation loop (training's validations and `hpo.evaluate`): predict every batch at its
+    label's resolution, accumulate the confusion matrix, hand `each(batch, pred, label)` the rest."""
+    cm = ConfusionMatrix(data.num_classes, ignore_index=data.ignore_index, device=device)
+    for batch in batches:
+        image, label = (to_device(batch) if to_device else (batch["image"].to(device), batch["label"].to(device)))
+        with autocast():
+            pred = predict(forward, image, tuple(label.shape[-2:]), cfg, data.num_classes, tta)
+        cm.update(pred, label)
+        if each is not None:
+            each(batch, pred, label)
+    return cm
+
+
+def scores(cm: ConfusionMatrix, class_names) -> tuple[dict[str, float], dict[str, float]]:
+    """(val_miou and val_pixel_acc, per-class IoU by name), in percent."""
+    res = cm.compute()
+    per_class = {n: float(v) * 100 for n, v in zip(class_names, res["per_class_iou"])}
+    return {"val_miou": float(res["miou"]) * 100, "val_pixel_acc": float(res["pixel_acc"]) * 100}, per_class
 
 
 class Trainer:
@@ -277,20 +301,16 @@ class Trainer:
         keep = ev["overlays"] if keep is None else keep
         self.sync_buffers()
         self.model.eval()
-        cm = ConfusionMatrix(self.data.num_classes, ignore_index=self.data.ignore_index, device=self.device)
         samples = []
-        for batch in self._val_dl:
-            image, label = self._to_device(batch)
-            with self._autocast():
-                pred = predict(self.forward, image, tuple(label.shape[-2:]), self.cfg, self.data.num_classes, tta)
-            cm.update(pred, label)
-            for i in range(min(keep - len(samples), image.shape[0])):
+
+        def keep_samples(batch, pred, label):
+            for i in range(min(keep - len(samples), pred.shape[0])):
                 samples.append((denormalize(batch["image"][i]), pred[i].cpu().numpy(), label[i].cpu().numpy()))
-        res = cm.all_reduce().compute()      # the ranks' shards summed (no-op in one process)
-        names = self.data.class_names
-        per_class = {n: float(v) * 100 for n, v in zip(names, res["per_class_iou"])}
-        metrics = {"val_miou": float(res["miou"]) * 100, "val_pixel_acc": float(res["pixel_acc"]) * 100}
-        return ValidationResult(metrics, per_class, samples, cm.mat.cpu().numpy())
+
+        cm = validation_pass(self.forward, self._val_dl, self.cfg, self.data, self.device, tta,
+                             to_device=self._to_device, autocast=self._autocast, each=keep_samples)
+        cm = cm.all_reduce()      # the ranks' shards summed (no-op in one process)
+        return ValidationResult(*scores(cm, self.data.class_names), samples, cm.mat.cpu().numpy())
 
     def mean_over_ranks(self, value: float) -> float:
         """Data parallel only: the loss averaged over the ranks (all see the same NaN at once)."""
@@ -346,11 +366,8 @@ class Trainer:
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write atomically: a killed process leaves the previous checkpoint intact, never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

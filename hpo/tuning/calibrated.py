@@ -55,6 +55,7 @@ from typing import Any, Callable
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from hpo.training.files import write_text_atomic
 from hpo.trials import ITERATION
 from hpo.tuning.calibration import (PASS, PREDICTED, RAW, RidgeLOO, RungStats, conformal_margin, features, lower_bound,
                              spearman, unit_encoder)
@@ -154,10 +155,7 @@ class CalibratedASHA(FIFOScheduler):
         pass
 
     def save(self, checkpoint_path: str) -> None:
-        tmp = f"{checkpoint_path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(self.s.to_json())
-        os.replace(tmp, checkpoint_path)          # a kill mid-write leaves the previous state
+        write_text_atomic(checkpoint_path, self.s.to_json())     # a kill mid-write leaves the previous state
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path) as f:

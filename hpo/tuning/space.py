@@ -347,16 +347,13 @@ def corners(spec: SpaceFile, limit: int = 64) -> list[dict[str, Any]]:
 
 
 def _build_on_meta(cfg: dict, where: str):
-    """Build the model on PyTorch's meta device: every structural check, no memory, no compute."""
-    import torch
+    """The model built on PyTorch's meta device (hpo.training.prepare.check_model); errors name `where`."""
+    from hpo.training.prepare import check_model
 
-    from models import build_model
-
-    with torch.device("meta"):
-        try:
-            return build_model(cfg)
-        except ValueError as err:
-            raise SpaceError(f"{where}.{err}") from None
+    try:
+        return check_model(cfg)
+    except ValueError as err:
+        raise SpaceError(f"{where}.{err}") from None
 
 
 def _check_structure(spec: SpaceFile) -> None:
