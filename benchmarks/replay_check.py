@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     import ray
 
     from datasets.synthetic import ensure
-    from hpo.replay import ReplaySettings, from_search, replay
+    from hpo.simulation.curves import from_search
+    from hpo.simulation.simulator import ReplaySettings, replay
     from hpo.results.handle import find_search
     from hpo.execution.runner import run_search
     from hpo.tuning.space import load_space

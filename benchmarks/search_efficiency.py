@@ -5,10 +5,10 @@
     python -m benchmarks.search_efficiency --write                 # also replace the RESULTS.md section + plots
 
 Every search is `hpo.replay` over a table of learning curves (format: docs/replay.md): the real
-HonestOptunaSearch, Optuna sampler and scheduler (hpo.tuning.calibrated.make_scheduler: Ray's ASHAScheduler
+HonestOptunaSearch, Optuna sampler and scheduler (hpo.tuning.factory.make_scheduler: Ray's ASHAScheduler
 or CalibratedASHA), in simulated time. The methods differ only in sampler and scheduler; everything
 else is what `hpo.replay --table FILE` replays by default (the demo space's settings:
-`hpo.replay.table_settings`), so the row "calibrated ASHA + TPE" is the shipped default search.
+`hpo.simulation.simulator.table_settings`), so the row "calibrated ASHA + TPE" is the shipped default search.
 
 Protocol (fixed before looking at results):
 - Budget: `--budget` full trainings per search (default 64, in epochs; the regret at half of it, 32
@@ -66,7 +66,7 @@ _WORK: dict = {}
 def _init(table: str) -> None:
     import warnings
 
-    from hpo.replay import from_table
+    from hpo.simulation.curves import from_table
 
     warnings.filterwarnings("ignore")
     src = from_table(Path(table))
@@ -77,11 +77,11 @@ def _init(table: str) -> None:
 
 def run_one(job: tuple[str, str, int, int]) -> dict:
     """One (method, seed) replay: epochs to target, regret curve on a grid, final regret."""
-    from hpo.replay import replay, table_settings
+    from hpo.simulation.simulator import replay, table_settings
 
     table, method, seed, budget = job
     source = _WORK["source"]
-    settings = table_settings(source)
+    settings = table_settings(source, REPO / "search_spaces" / "demo.yaml")
     for k, v in {**METHODS[method], "seed": seed, "budget_epochs": budget, "num_samples": None}.items():
         setattr(settings, k, v)
     t0 = time.perf_counter()
@@ -215,7 +215,7 @@ def plot(runs: list[dict], path: Path, budget: int, title: str) -> None:
 def rank_summary(table: Path) -> str:
     """Spearman(validation score, final score of the same training seed) at a few validations."""
     from hpo.tuning.calibrated import spearman
-    from hpo.replay import from_table
+    from hpo.simulation.curves import from_table
 
     src = from_table(table)
     picks = sorted({1, 2, 3, max(1, src.max_t // 3), max(1, 2 * src.max_t // 3)} - {src.max_t})
@@ -235,7 +235,7 @@ def rank_summary(table: Path) -> str:
 
 
 def run_table(table: Path, seeds: int, budget_trainings: int, workers: int, methods: list[str]) -> tuple[list, int]:
-    from hpo.replay import from_table
+    from hpo.simulation.curves import from_table
 
     budget = budget_trainings * int(from_table(table).epochs[-1])
     jobs = [(str(table), m, s, budget) for s in range(seeds) for m in methods]

@@ -38,7 +38,7 @@ class OptimSection(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     poly_power: float = Field(0.9, ge=0)
-    # LR schedule over the trial's budget (hpo/training/schedules.py): "poly" over the whole budget (the
+    # LR schedule over the trial's budget (hpo.training.schedules): "poly" over the whole budget (the
     # papers'), "wsd" warmup-stable-decay (constant, then a linear decay over the last
     # `decay_fraction`), "rung_poly" poly that reaches 0 at every rung epoch in `rungs`.
     schedule: Literal["poly", "wsd", "rung_poly"] = "poly"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hpo.training.evaluation import evaluate, export_folder, majority_baseline  # noqa: F401 (the API)
+from hpo.training.evaluation import evaluate, export_folder
 
 
 def parse_args(argv=None):

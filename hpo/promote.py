@@ -6,7 +6,7 @@
     python -m hpo.promote ray_results/demo --address ray://head:10001
     python -m hpo.promote demo --space edited.yaml     # another promote section than the one that ran
 
-What it does and the choices behind it: hpo/execution/promotion.py. Bad input is one line and exit code 2.
+What it does and the choices behind it: hpo.execution.promotion. Bad input is one line and exit code 2.
 """
 
 from __future__ import annotations

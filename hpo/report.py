@@ -5,7 +5,7 @@
     python -m hpo.report 3f2a...c9 --tracking-uri sqlite:///mlflow.db   # an MLflow parent run id
 
 The report (also written automatically at the end of `python -m hpo.search`) is described in
-hpo/results/report_page.py. An unknown SEARCH is one line on stderr and exit code 2.
+hpo.results.report_page. An unknown SEARCH is one line on stderr and exit code 2.
 """
 
 from __future__ import annotations

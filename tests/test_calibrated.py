@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from hpo.tuning.calibrated import CalibratedASHA, make_scheduler
+from hpo.tuning.calibrated import CalibratedASHA
+from hpo.tuning.factory import make_scheduler
 from hpo.trials import CALIBRATION_FILE
 from hpo.tuning.calibration import (PASS, PREDICTED, RAW, RidgeLOO, conformal_margin, lower_bound,
                              spearman, unit_encoder)
@@ -230,7 +231,8 @@ def test_tpe_beats_random_search_on_a_smooth_table(tmp_path):
     """The honest replay: TPE learns from the configs that were really evaluated, so on a table whose
     final score is a smooth known function of the knobs it beats random search at full budget."""
     from benchmarks.synthetic_table import make_table
-    from hpo.replay import ReplaySettings, from_table, replay
+    from hpo.simulation.curves import from_table
+    from hpo.simulation.simulator import ReplaySettings, replay
 
     source = from_table(make_table(tmp_path / "smooth.npz", configs=256, epochs=4, dims=3, noise=0.2, seed=3))
     assert source.epochs.tolist() == [1, 2, 3, 4]
@@ -255,7 +257,8 @@ def test_replay_runs_the_search_scheduler_and_never_cuts_on_backward_rungs(tmp_p
     make_scheduler builds for a search) cuts there only on the prediction, never on the raw score,
     and ends closer to the best config than plain ASHA."""
     from benchmarks.synthetic_table import make_table
-    from hpo.replay import ReplaySettings, from_table, replay
+    from hpo.simulation.curves import from_table
+    from hpo.simulation.simulator import ReplaySettings, replay
 
     source = from_table(make_table(tmp_path / "inv.npz", configs=128, epochs=9, dims=2, early_rank="inverted",
                                    noise=0.2, seed=1))
@@ -280,7 +283,8 @@ def test_table_epochs_are_charged_and_the_cli_replays_the_demo_settings(tmp_path
     `hpo.replay --table FILE` alone replays the demo space's sampler, scheduler and concurrency."""
     from benchmarks.synthetic_table import make_table
     from hpo import replay as cli
-    from hpo.replay import ReplaySettings, from_table, replay
+    from hpo.simulation.curves import from_table
+    from hpo.simulation.simulator import ReplaySettings, replay
 
     path = make_table(tmp_path / "sparse.npz", configs=64, epochs=8, dims=2, validations=[1, 2, 4, 8])
     source = from_table(path)
@@ -301,7 +305,8 @@ def test_a_table_without_the_schedule_axis_or_optional_arrays_replays(tmp_path):
     """The minimal table (docs/replay.md): meta, params and raw of shape (configs, seeds, validations)."""
     import json as _json
 
-    from hpo.replay import ReplaySettings, from_table, replay
+    from hpo.simulation.curves import from_table
+    from hpo.simulation.simulator import ReplaySettings, replay
 
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(32, 2))

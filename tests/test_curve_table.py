@@ -45,7 +45,7 @@ def folder_run_config(tmp_path: Path) -> Path:
 def test_a_table_on_a_folder_dataset_is_what_the_replay_reads(tmp_path, capsys):
     import torch
 
-    from hpo.replay import from_table
+    from hpo.simulation.curves import from_table
 
     config, out = folder_run_config(tmp_path), tmp_path / "tables" / "tiny.npz"
     threads = torch.get_num_threads()

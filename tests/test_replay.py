@@ -20,7 +20,7 @@ from helpers import hand_spearman
 
 def synthetic_source(n: int = 64, max_t: int = 9, seeds: int = 2):
     """Curves that rise to a config-dependent plateau, with per-seed noise and a few divergences."""
-    from hpo.replay import CurveSource
+    from hpo.simulation.curves import CurveSource
 
     rng = np.random.default_rng(0)
     dists = {"x": optuna.distributions.FloatDistribution(0.0, 1.0),
@@ -41,7 +41,7 @@ def synthetic_source(n: int = 64, max_t: int = 9, seeds: int = 2):
 
 
 def test_replay_is_deterministic_for_a_seed():
-    from hpo.replay import ReplaySettings, replay
+    from hpo.simulation.simulator import ReplaySettings, replay
 
     source = synthetic_source()
     settings = ReplaySettings(sampler="tpe", seed=3, grace_period=1, reduction_factor=3, max_concurrent=4,
@@ -60,7 +60,7 @@ def test_replay_is_deterministic_for_a_seed():
 
 
 def test_replay_snaps_to_the_nearest_config_and_scores_regret():
-    from hpo.replay import ReplaySettings, replay
+    from hpo.simulation.simulator import ReplaySettings, replay
 
     source = synthetic_source()
     assert source.snap(source.params[7]) == 7
@@ -98,7 +98,7 @@ def test_snap_picks_the_nearest_config_of_a_perturbed_point():
 
 
 def test_quality_and_regret_computed_by_hand():
-    from hpo.replay import ReplaySettings, replay
+    from hpo.simulation.simulator import ReplaySettings, replay
 
     source = synthetic_source()
     quality = []
@@ -128,7 +128,7 @@ def test_quality_and_regret_computed_by_hand():
     (4, 4, 3, 4.0),                    # no rung below max_t: every trial trains the full budget
 ])
 def test_expected_epochs_per_trial_by_hand(max_t, grace, rf, expected):
-    from hpo.replay import expected_epochs_per_trial
+    from hpo.simulation.simulator import expected_epochs_per_trial
 
     assert expected_epochs_per_trial(max_t, grace, rf) == pytest.approx(expected)
 
@@ -145,7 +145,7 @@ def test_snap_leaves_out_excluded_configs_unless_all_are():
 
 
 def test_regret_and_epochs_to_on_a_known_trajectory():
-    from hpo.replay import ReplayResult
+    from hpo.simulation.simulator import ReplayResult
 
     res = ReplayResult(trials=[], events=[], trajectory=[(5, 10.0, 8.0), (9, 12.0, 9.5)], epochs=12,
                        best_quality=10.0)
@@ -220,7 +220,8 @@ def real_search(ray_local, tiny_data, tmp_path_factory):
 
 
 def test_replaying_a_real_search_reproduces_its_asha_decisions(real_search):
-    from hpo.replay import from_search, replay, ReplaySettings
+    from hpo.simulation.curves import from_search
+    from hpo.simulation.simulator import ReplaySettings, replay
     from hpo.results.handle import find_search
 
     found = find_search("realreplay", str(real_search / "ray_results"))

@@ -12,8 +12,8 @@
    with the winner's knobs; it is written to `<out>/<search>/rank<k>.yaml`. The `promote` section may
    not set a searched key (each winner keeps its own value): that is a one-line error.
 3. The K x S trainings are one Tune run, a grid over (rank, seed), in `<out>/<search>/promotion/`:
-   the search's own trainable (hpo/execution/trainable.py, with its final evaluation and weights on) and the
-   search's own MLflow callback (hpo/tracking/trial_logger.py) with the `PromotedRuns` layout: top-level runs in
+   the search's own trainable (hpo.execution.trainable, with its final evaluation and weights on) and the
+   search's own MLflow callback (hpo.tracking.trial_logger) with the `PromotedRuns` layout: top-level runs in
    the search's experiment, named `promote-rank<k>-seed<s>`, tagged `ctxtune.search_parent`, `rank`,
    `seed`, `ray_trial_id` (the search trial promoted) and `ctxtune.search_trial_run`. Tune places
    them with the space file's `resources` (GPU -> CPU fallback with one warning) and retries a
@@ -238,7 +238,7 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
 
 
 def cost_line(handle: SearchHandle, trials) -> dict:
-    """What the promotion spent (hpo/results/ledger.py), printed and logged to the search's parent run as
+    """What the promotion spent (hpo.results.ledger), printed and logged to the search's parent run as
     `promotion_device_seconds`, beside the search's own `cost_*`."""
     from hpo.results.ledger import kind_of, ledger, unit_of
 

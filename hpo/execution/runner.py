@@ -108,8 +108,7 @@ def build_tuner(search: OpenSearch):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from ray import tune
-    from hpo.tuning.calibrated import make_scheduler
-    from hpo.tuning.searcher import HonestOptunaSearch
+    from hpo.tuning.factory import make_scheduler, make_searcher
     from hpo.tracking.trial_logger import MLflowTrialLogger
 
     from hpo.tuning.stopping import FailureWatch, SearchStopper
@@ -135,12 +134,10 @@ def build_tuner(search: OpenSearch):
     if search.resume:
         return tune.Tuner.restore(str(search.exp_dir), trainable=plan.trainable, resume_unfinished=True,
                                   resume_errored=True)
-    searcher = HonestOptunaSearch(
-        optuna_distributions(spec), sched.metric, sched.mode, sampler=make_sampler(spec), max_t=sched.max_t,
-        points_to_evaluate=encoded_points(spec), study_name=search.name,
-        storage=JournalStorage(JournalFileBackend(str(search.exp_dir / JOURNAL_FILE))),
-        feedback=spec.search.feedback, diverged_feedback=spec.search.diverged_feedback, stop_rule=stopper,
-        final_estimate=getattr(scheduler, "estimate", None))
+    searcher = make_searcher(
+        optuna_distributions(spec), sched.metric, sched.mode, make_sampler(spec), max_t=sched.max_t,
+        search=spec.search, points=encoded_points(spec), scheduler=scheduler, study_name=search.name,
+        storage=JournalStorage(JournalFileBackend(str(search.exp_dir / JOURNAL_FILE))), stop_rule=stopper)
     return tune.Tuner(
         plan.trainable,
         tune_config=tune.TuneConfig(metric=sched.metric, mode=sched.mode, search_alg=searcher, scheduler=scheduler,
@@ -252,7 +249,7 @@ def connect_ray(address: str | None) -> None:
 
 
 def charged(resources: dict) -> dict:
-    """What a trial's cost counts (hpo/results/ledger.py): its GPUs when it has any, else its CPU cores, of
+    """What a trial's cost counts (hpo.results.ledger): its GPUs when it has any, else its CPU cores, of
     every data-parallel worker."""
     workers = resources.get("workers", 1)
     if resources.get("gpu"):
@@ -285,7 +282,7 @@ class TrialPlan:
 
 def trial_plan(resources: dict, base: dict, experiment_dir: Path, final_outputs: bool = False) -> TrialPlan:
     """The search's (and promotion's) trainable: a single-process trial, or with `workers` > 1 a
-    Tune trial that drives a Ray Train DDP run on `workers` x (cpu, gpu) (hpo/execution/trainable.py)."""
+    Tune trial that drives a Ray Train DDP run on `workers` x (cpu, gpu) (hpo.execution.trainable)."""
     import ray
     from ray import tune
 
@@ -346,7 +343,7 @@ def prepare_environment() -> None:
     """Settings every Tune run of ctxtune needs in the driver (a search's, a promotion's)."""
     # Per-epoch checkpoints of short toy trials trip Ray's snapshot-frequency warning constantly.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # A diverged trial's last result carries its status and no metrics (hpo/execution/trainable.py). Tune's
+    # A diverged trial's last result carries its status and no metrics (hpo.execution.trainable). Tune's
     # check that every result holds the metric guards against typos, which the space file's schema
     # already rules out (scheduler.metric is one of the metrics trials report).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"

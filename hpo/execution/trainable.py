@@ -1,9 +1,9 @@
 """The Ray Tune function trainables: one trial = one resolved run config trained by the engine.
 
-Used by both the search and the promotion (hpo/execution/promotion.py), so a promoted training is the same
+Used by both the search and the promotion (hpo.execution.promotion), so a promoted training is the same
 code path as the trial it re-trains. `run_trial` trains in the trial's own process
 (`resources.workers: 1`); `run_ddp_trial` makes the trial the driver of a Ray Train V2
-`TorchTrainer` whose workers train data-parallel (`hpo/training/distributed.py`), the pattern Ray documents
+`TorchTrainer` whose workers train data-parallel (`hpo.training.distributed`), the pattern Ray documents
 for Train V2 inside Tune. Both report the same results after every validation:
 
 - A trial's config is a flat dict of dotted overrides (`model.selection.n3`) applied to the base
@@ -14,18 +14,18 @@ for Train V2 inside Tune. Both report the same results after every validation:
   last checkpoint.
 - `final_outputs=True` (promotion): the last report also carries the final evaluation
   (`final_val_miou`, with TTA when `eval.tta`; per-class IoU from it) and its checkpoint holds the
-  weights, the confusion picture and the final overlays (hpo/training/outputs.py).
+  weights, the confusion picture and the final overlays (hpo.training.outputs).
 - A diverged loss ends the trial at once with one result `{"status": "diverged", "error": ...}`
   and no metrics, not an exception: retrying a deterministic NaN would only burn the budget again,
   and a result without metrics is not mistaken for a validation by anyone who reads results (the
-  search turns off Tune's check that every result carries the metric; hpo/execution/runner.py).
+  search turns off Tune's check that every result carries the metric; hpo.execution.runner).
 - A data-parallel trial's checkpoints are its Train run's (`<trial folder>/train/`, rank 0 writes
   them; Tune gets their path as `checkpoint_path`); a restarted trial's Train run resumes from
   them. Its results also carry `ddp_world_size`, `ddp_worker_pids` and `ddp_weights_in_sync` (every
   rank's parameters alike: the gradients were all-reduced).
 - Every result also names where it ran — `node_id` (Ray node) and `pid` (the worker process) —
   so the driver can tag the MLflow run with it and a fault test can find the process to kill.
-- And what it cost (hpo/results/ledger.py): `device_seconds`, the wall time since the previous result
+- And what it cost (hpo.results.ledger): `device_seconds`, the wall time since the previous result
   times the devices the trial holds (`devices`, `device_kind`: GPUs when it has any, else CPU
   cores), and `device_seconds_total` so far (kept in the checkpoint, so a restarted trial goes on
   counting; the partial epoch a crash loses is not counted).

@@ -56,7 +56,7 @@ class TrialRecord:
     curve: dict[int, float]             # validation index (training_iteration) -> metric
     status: str                         # completed | early_stopped | failed | unfinished
     run_id: str | None = None           # its MLflow run, where the tracking store has it
-    cost: dict[int, float] = field(default_factory=dict)   # validation -> device-seconds (hpo/results/ledger.py)
+    cost: dict[int, float] = field(default_factory=dict)   # validation -> device-seconds (hpo.results.ledger)
     device_kind: str | None = None      # what the cost counts: "gpu" or "cpu" seconds
 
     @property

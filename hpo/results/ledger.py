@@ -1,7 +1,7 @@
 """The cost ledger: device-seconds a search (or a promotion) spent, and on what.
 
 Researchers report cost in GPU-days, so every result of a trial carries what it cost
-(hpo/execution/trainable.py): `device_seconds` = the wall time since the trial's previous result (training,
+(hpo.execution.trainable): `device_seconds` = the wall time since the trial's previous result (training,
 validation, checkpointing; the first one includes building the model and data) times the devices
 the trial holds — GPUs when it has any (fractions count as such: two trials sharing a GPU each pay
 half), else CPU cores; a data-parallel trial pays for all its workers. `device_kind` says which.

@@ -3,7 +3,7 @@
 `write_report(handle)` (called at the end of every search, and by `python -m hpo.report`) writes:
 - knob importance from Optuna's PED-ANOVA (Optuna 5's default) and fANOVA evaluators, over the
   full-budget trials and, separately, over the trials that reached each ASHA rung, so a ranking
-  that changes between short and long training shows up (hpo/results/sensitivity.py);
+  that changes between short and long training shows up (hpo.results.sensitivity);
 - slice plots (score vs each knob; early-stopped trials hollow orange), a parallel-coordinate plot
   (Optuna's; early-stopped dotted), learning curves coloured by status with the rung boundaries,
   the rung self-check table, the leaderboard and the best trials' per-class IoU (the dataset's class
@@ -348,7 +348,7 @@ def render_html(search: SearchHandle, table: dict, figures: dict[str, Path], mis
                      "rank correlation with the final score (over the trials that ran the full budget; "
                      "leave-one-out for the prediction) has a lower confidence bound above "
                      f"scheduler.calibration.rho_min, and only trials whose optimistic predicted final is below the "
-                     f"best final so far (hpo/tuning/calibrated.py).</p>")
+                     f"best final so far (hpo.tuning.calibrated).</p>")
         parts.append(_table(["rung", "mode", "rho(raw, final) [bound]", "rho(predicted, final) [bound]",
                              "full curves", "cut", "went on"],
                             [[r, st.mode, f"{st.rho_raw:.2f} [{st.lb_raw:.2f}]", f"{st.rho_pred:.2f} [{st.lb_pred:.2f}]",
@@ -356,7 +356,7 @@ def render_html(search: SearchHandle, table: dict, figures: dict[str, Path], mis
 
     book = ledger(search.trials, rung_milestones(s) + [search.max_t])
     if book.trials:
-        parts.append(f"<h2>Cost</h2><p>{book.unit}-time the trials held (hpo/results/ledger.py: wall time x devices "
+        parts.append(f"<h2>Cost</h2><p>{book.unit}-time the trials held (hpo.results.ledger: wall time x devices "
                      f"held). {html.escape(book.lines()[0])}.</p>")
         rows = [[label, f"{sec:.0f}", f"{100 * sec / book.total:.0f}%" if book.total else "–"]
                 for label, sec in book.segments]

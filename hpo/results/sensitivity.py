@@ -1,7 +1,7 @@
 """Which knobs mattered: Optuna studies rebuilt from a search's trials, importance per stage.
 
 Every analysis goes through Optuna studies rebuilt from the search's `TrialRecord`s
-(hpo/results/handle.py) with `optuna.trial.create_trial`, using the distributions of its space file.
+(hpo.results.handle) with `optuna.trial.create_trial`, using the distributions of its space file.
 
 Choices made here (documented because nothing upstream fixes them):
 - "Full budget" means the trial ran `scheduler.max_t` validations without failing. With

@@ -23,7 +23,7 @@ at the end of the search) instead of raising. Order is kept, so a run is created
 metrics are written.
 
 Fault handling (tests/test_faults.py):
-- A down tracking server: the search sets MLflow's HTTP retries low (hpo/tracking/store.py), so a call
+- A down tracking server: the search sets MLflow's HTTP retries low (hpo.tracking.store), so a call
   fails in milliseconds into the queue instead of blocking the driver loop in MLflow's own
   backoff (minutes by default). `delayed_ops` counts failed attempts, `delayed_seconds` the time
   the queue was blocked; the end of the search prints both.
@@ -37,7 +37,7 @@ Fault handling (tests/test_faults.py):
 - On `--resume` the runs, last logged step, last node and finished trials are recovered from
   MLflow, so a trial restarted from an older checkpoint writes no step twice and no second
   final status.
-- Every result names its Ray node and worker pid (hpo/execution/trainable.py); the run is tagged
+- Every result names its Ray node and worker pid (hpo.execution.trainable); the run is tagged
   `ray_node_id` / `ray_pid` (the latest, when it changes).
 """
 
@@ -90,9 +90,9 @@ class MLflowTrialLogger(Callback):
         self.delayed_seconds = 0.0              # time the queue was blocked by an unreachable store
         self._blocked_since: float | None = None
         self._next_try = 0.0                    # while blocked, retry at most every RETRY_EVERY_S
-        # Rung self-check (hpo/tuning/rung_check.py): scores at the ASHA rungs and the full budget.
+        # Rung self-check (hpo.tuning.rung_check): scores at the ASHA rungs and the full budget.
         self.rung_check = RungCorrelation(sorted(set(rungs or []) | {max_t}), mode) if rungs else None
-        # Calibrated early stopping (hpo/tuning/calibrated.py): its per-rung decisions go to the parent run.
+        # Calibrated early stopping (hpo.tuning.calibrated): its per-rung decisions go to the parent run.
         self.scheduler = scheduler if hasattr(scheduler, "rungs") else None
 
     # Tune pickles callbacks with the experiment; the client is rebuilt on the other side.

@@ -2,7 +2,7 @@
 
 Runs inside an initialised torch.distributed process group (Ray Train's TorchTrainer sets one up:
 Gloo on CPU, NCCL on GPUs; torchrun would do as well: nothing here imports Ray). What changes
-against the single-process `Trainer` (hpo/training/trainer.py):
+against the single-process `Trainer` (hpo.training.trainer):
 
 - Model: `self.model` stays the unwrapped module (checkpoints without `module.` keys, validation,
   the weights a promotion registers); training steps go through

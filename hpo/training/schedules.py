@@ -16,7 +16,7 @@ there:
                 whole budget. A trial is fully annealed whenever ASHA looks at it; a promoted trial
                 restarts from the envelope's value (a warm restart, as in SGDR), so the last segment
                 is what a full-budget poly run would do from r_K on. `rungs` are epochs; a search fills
-                them from its ASHA ladder (hpo/tuning/space.py validate).
+                them from its ASHA ladder (hpo.tuning.space validate).
 
 All factors are functions of the step alone (no state), so a resumed run picks up exactly.
 """

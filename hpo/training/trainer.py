@@ -8,7 +8,7 @@ when to checkpoint. The engine itself knows nothing of Ray or MLflow.
 Choices:
 - One learning rate for all parameters (the papers give a single initial LR); by default poly decay
   per iteration over the whole budget, power `optim.poly_power` (0.9). `optim.schedule` picks a
-  budget-aware alternative (hpo/training/schedules.py: `wsd`, `rung_poly`).
+  budget-aware alternative (hpo.training.schedules: `wsd`, `rung_poly`).
 - Annealed evaluation (`eval.anneal_steps` > 0): an intermediate validation scores a fork of the
   run whose LR was cooled linearly to 0 over that many steps; the run then continues from its
   un-annealed state (weights, optimizer, RNG restored). `val_miou` is then the annealed score and
@@ -18,7 +18,7 @@ Choices:
 - The training shuffle order of epoch e is drawn from `seed + e`, so a run resumed at an epoch
   boundary sees the same batches as an uninterrupted one.
 - mIoU and pixel accuracy are reported in percent ("mIoU points"). The per-epoch validation is
-  single-scale; `eval.tta` applies to a finished training's final evaluation (hpo/training/outputs.py).
+  single-scale; `eval.tta` applies to a finished training's final evaluation (hpo.training.outputs).
 - A non-finite loss stops the run at once with `DivergenceError` (a search records the trial as
   failed and goes on).
 
@@ -158,7 +158,7 @@ def scores(cm: ConfusionMatrix, class_names) -> tuple[dict[str, float], dict[str
 
 
 class Trainer:
-    # Data parallel (hpo/training/distributed.py sets these): this process's rank of `world` and its shards.
+    # Data parallel (hpo.training.distributed sets these): this process's rank of `world` and its shards.
     rank, world = 0, 1
 
     def __init__(self, cfg: dict, log: Callable[[str], None] = print):
@@ -188,7 +188,7 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if run.compile else self.model
-        self.ddp_forward = None      # hpo/training/distributed.py: the DDP wrapper training steps go through
+        self.ddp_forward = None      # hpo.training.distributed: the DDP wrapper training steps go through
         o = cfg["optim"]
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o["lr"], momentum=o["momentum"],
                                          weight_decay=o["weight_decay"])
@@ -317,7 +317,7 @@ class Trainer:
         return value
 
     def sync_buffers(self) -> None:
-        """Data parallel only (hpo/training/distributed.py): every rank validates with rank 0's BatchNorm stats."""
+        """Data parallel only (hpo.training.distributed): every rank validates with rank 0's BatchNorm stats."""
 
     def fit(self, on_validation: Callable[["Trainer", dict, ValidationResult], None] | None = None
             ) -> dict[str, float]:
@@ -327,7 +327,7 @@ class Trainer:
         while self.epoch < budget["epochs"]:
             metrics = {"epoch": self.epoch + 1, **self.train_epoch()}
             if self.epoch % budget["val_every"] == 0 or self.epoch == budget["epochs"]:
-                val = self.validate(tta=False)         # curves are single-scale (hpo/training/outputs.py)
+                val = self.validate(tta=False)         # curves are single-scale (hpo.training.outputs)
                 if self.wants_anneal():
                     start = time.perf_counter()
                     metrics.update({f"{k}_raw": v for k, v in val.metrics.items()})

@@ -27,10 +27,10 @@ supports a cut:
   rule kept more of ASHA's gain where early epochs rank well than also requiring ASHA's
   bottom-(1 - 1/rf) condition, and lost nothing where they do not: benchmarks/RESULTS.md.)
 - **Sampler feedback.** A trial cut on a trusted signal has an estimate of its final score
-  (`estimate(trial_id)`): the searcher (hpo/tuning/searcher.py) tells Optuna that estimate as a COMPLETE
+  (`estimate(trial_id)`): the searcher (hpo.tuning.searcher) tells Optuna that estimate as a COMPLETE
   value, so TPE compares full-budget scores (measured or predicted), never raw early scores.
 
-`make_scheduler` builds what a space file's `scheduler` section asks for: this one for
+hpo.tuning.factory.make_scheduler builds what a space file's `scheduler` section asks for: this one for
 `trust: calibrated`, Ray's own `ASHAScheduler` for `trust: raw` (every rung trusted, no margin).
 
 Every decision is explainable: `rungs` holds, per rung, the mode last used (pass / raw / predicted),
@@ -50,7 +50,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -58,7 +58,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from hpo.training.files import write_text_atomic
 from hpo.trials import ITERATION
 from hpo.tuning.calibration import (PASS, PREDICTED, RAW, RidgeLOO, RungStats, conformal_margin, features, lower_bound,
-                             spearman, unit_encoder)
+                             spearman)
 
 
 @dataclass
@@ -239,22 +239,3 @@ class CalibratedASHA(FIFOScheduler):
             self._loaded = True
             if self.state_path and os.path.isfile(self.state_path) and not self.s.order:
                 self.restore(self.state_path)
-
-
-def make_scheduler(sched, distributions: dict[str, Any], max_concurrent: int, state_path: str | None = None):
-    """The Tune scheduler a space file's `scheduler` section (hpo.tuning.space.SchedulerSection) asks for; the
-    real search and the replay both build theirs here. Metric and mode come as Tune gives them to any
-    scheduler: `set_search_properties` (the Tuner's metric; the replay calls it the same way)."""
-    from ray.tune.schedulers import ASHAScheduler
-
-    if sched.name == "none":
-        return FIFOScheduler()
-    if sched.trust == "raw":
-        return ASHAScheduler(time_attr=sched.time_attr, max_t=sched.max_t, grace_period=sched.grace_period,
-                             reduction_factor=sched.reduction_factor, brackets=sched.brackets)
-    c = sched.calibration
-    return CalibratedASHA(max_t=sched.max_t, grace_period=sched.grace_period,
-                          reduction_factor=sched.reduction_factor, encode=unit_encoder(distributions),
-                          cold_start=c.cold_start, max_concurrent=max_concurrent, audit_share=c.audit_share,
-                          rho_min=c.rho_min, confidence=c.confidence, tail=c.tail, time_attr=sched.time_attr,
-                          state_path=state_path)

@@ -1,4 +1,4 @@
-"""The statistics behind calibrated early stopping (hpo/tuning/calibrated.py), without Ray.
+"""The statistics behind calibrated early stopping (hpo.tuning.calibrated), without Ray.
 
 How well does a signal available at a rung rank configs by their final score, and how far off can a
 prediction of the final score be? Spearman's rho with a one-sided Fisher-z lower bound; a small

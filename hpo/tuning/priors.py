@@ -1,7 +1,7 @@
 """Priors from the paper: draw a share of a search's configs around each knob's `default:`.
 
 A searched knob may carry `default:` (the paper's value: N3/N4/N5 = 11/21/32, alpha = 0.7). The
-search evaluates the defaults first (one enqueued point, hpo/tuning/space.py `encoded_points`), and with
+search evaluates the defaults first (one enqueued point, hpo.tuning.space `encoded_points`), and with
 `search.prior.share` > 0 the sampler becomes `PriorMixSampler`: each trial is, with probability
 `share` (drawn from the search seed and the trial number, so a replay or a resume makes the same
 choice), a *prior trial* whose knobs are drawn around their defaults, and otherwise a trial of the

@@ -11,17 +11,17 @@ interface written over Optuna's public `ask` / `tell` / `Trial.report`:
   intermediate values and records its last one as the value, which is how Optuna's own pruners
   leave trials. `feedback="complete"` tells it COMPLETE instead (Ray's behaviour, kept for the
   efficiency benchmark).
-- a trial whose loss diverged (its last result says `status: diverged`, hpo/execution/trainable.py; `trial_status` in hpo/results/handle.py) is told
+- a trial whose loss diverged (its last result says `status: diverged`, hpo.execution.trainable; `trial_status` in hpo.results.handle) is told
   as `diverged_feedback` says: "pruned" (default; its last finite scores: TPE never sees FAIL
   trials, so with "fail" it could not learn to avoid a diverging region), "worst" (COMPLETE with
   the worst score any trial reported so far) or "fail". It gets the user attr `diverged`.
 - every finished trial carries the user attrs `ray_trial_id` and `status` (completed /
   early_stopped / failed), so a reader of the journal needs no rules of its own.
-- a trial that calibrated early stopping (hpo/tuning/calibrated.py) cut on a trusted signal is told
+- a trial that calibrated early stopping (hpo.tuning.calibrated) cut on a trusted signal is told
   COMPLETE with the scheduler's estimate of its final score (`final_estimate`; user attr
   `estimated_final`): TPE then ranks full-budget scores, measured or predicted, and never learns to
   prefer a region because it looks good early. Cut without a trusted estimate: PRUNED, as above.
-- `stop_rule` (hpo/tuning/stopping.py): once it has triggered, `suggest` answers FINISHED.
+- `stop_rule` (hpo.tuning.stopping): once it has triggered, `suggest` answers FINISHED.
 Note on TPE (Optuna 5, `_split_trials`): COMPLETE trials fill the "good" group first and PRUNED
 trials only while fewer than gamma(n) trials completed, ranked by furthest step, then value.
 
@@ -53,8 +53,8 @@ class HonestOptunaSearch(Searcher):
                  feedback: str = "pruned", diverged_feedback: str = "pruned", stop_rule=None,
                  final_estimate=None):
         super().__init__(metric=metric, mode=mode)
-        self.stop_rule = stop_rule          # hpo/tuning/stopping.py: once it has triggered, no new trials
-        # hpo/tuning/calibrated.py: trial id -> predicted final score of a trial it cut on a trusted signal
+        self.stop_rule = stop_rule          # hpo.tuning.stopping: once it has triggered, no new trials
+        # hpo.tuning.calibrated: trial id -> predicted final score of a trial it cut on a trusted signal
         self.final_estimate = final_estimate
         self.space = space
         self.max_t = max_t

@@ -47,7 +47,7 @@ class IntDist(_Strict):
     high: int
     step: int = Field(1, ge=1)
     log: bool = False
-    default: int | None = None          # the paper's value: evaluated first, a prior (hpo/tuning/priors.py)
+    default: int | None = None          # the paper's value: evaluated first, a prior (hpo.tuning.priors)
 
     @model_validator(mode="after")
     def _check(self):
@@ -93,7 +93,7 @@ class ExperimentSection(_Strict):
 
 
 class PriorSection(_Strict):
-    """Sampling around the knobs' `default:` values (hpo/tuning/priors.py)."""
+    """Sampling around the knobs' `default:` values (hpo.tuning.priors)."""
     share: float = Field(0.5, ge=0, lt=1)     # share of trials drawn around the defaults; 0 = off
     width: float = Field(0.15, gt=0, le=1)    # spread around a default, as a share of the knob's range
     decay: float | None = Field(10, gt=0)     # trials after which the share halves; null = constant
@@ -109,13 +109,13 @@ class SearchSection(_Strict):
     # "complete": Ray's out-of-the-box behaviour, kept for the search-efficiency benchmark.
     feedback: Literal["pruned", "complete"] = "pruned"
     # How a diverged trial (NaN loss) is told to Optuna: "pruned" (its last finite scores), "worst"
-    # (COMPLETE with the worst score seen so far), "fail" (ignored by TPE). hpo/tuning/searcher.py.
+    # (COMPLETE with the worst score seen so far), "fail" (ignored by TPE). hpo.tuning.searcher.
     diverged_feedback: Literal["pruned", "worst", "fail"] = "pruned"
     prior: PriorSection = PriorSection()
 
 
 class CalibrationSection(_Strict):
-    """Settings of calibrated early stopping (hpo/tuning/calibrated.py; docs/config.md)."""
+    """Settings of calibrated early stopping (hpo.tuning.calibrated; docs/config.md)."""
     cold_start: int | None = Field(None, ge=2)       # first trials run the full budget; default max(8, 2 x concurrent)
     audit_share: float = Field(0.1, ge=0, le=1)      # share of later trials never stopped
     rho_min: float = Field(0.5, gt=-1, lt=1)         # lower bound a signal's rank correlation must reach to cut on it
@@ -131,7 +131,7 @@ class SchedulerSection(_Strict):
     max_t: int | None = Field(None, ge=1)   # default: the number of validations in base.budget
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2, gt=1)
-    # "calibrated": cut at a rung only on evidence that the cut is sound (hpo/tuning/calibrated.py);
+    # "calibrated": cut at a rung only on evidence that the cut is sound (hpo.tuning.calibrated);
     # "raw": Ray's plain ASHA, every rung trusted.
     trust: Literal["calibrated", "raw"] = "calibrated"
     brackets: int = Field(1, ge=1)           # trust raw only: Hyperband-style ASHA brackets
@@ -165,7 +165,7 @@ class FailureSection(_Strict):
 
 
 class BudgetRule(_Strict):
-    device_hours: float | None = Field(None, gt=0)    # GPU-hours (CPU-hours on CPU), hpo/results/ledger.py
+    device_hours: float | None = Field(None, gt=0)    # GPU-hours (CPU-hours on CPU), hpo.results.ledger
     epochs: int | None = Field(None, ge=1)            # epochs trained by all trials together
 
     @model_validator(mode="after")
@@ -181,7 +181,7 @@ class PlateauRule(_Strict):
 
 
 class StopSection(_Strict):
-    """When the whole search stops (hpo/tuning/stopping.py); every rule is optional."""
+    """When the whole search stops (hpo.tuning.stopping); every rule is optional."""
     target: float | None = None
     budget: BudgetRule | None = None
     plateau: PlateauRule | None = None

@@ -1,10 +1,10 @@
 """When the whole search stops: a target, a budget, or a plateau of full-budget scores.
 
-The space file's `stop:` section (hpo/tuning/space.py, README "Stopping a search"):
+The space file's `stop:` section (hpo.tuning.space, README "Stopping a search"):
 
     stop:
       target: 20.0                       # a trial reached this score at the full budget
-      budget: {device_hours: 4, epochs: 500}   # spent (hpo/results/ledger.py), whichever comes first
+      budget: {device_hours: 4, epochs: 500}   # spent (hpo.results.ledger), whichever comes first
       plateau: {trials: 8, margin: null} # the best full-budget score has not improved by more than
                                          # margin over the last 8 trials that ran the full budget
       seed_spread: 0.7                   # margin: null uses this (the seed-to-seed spread of one
@@ -21,7 +21,7 @@ Tune callback, hands each failed trial's last error line to the stopper.
 
 `SearchStopper` is a Ray Tune `Stopper`: it reads every result; once a rule holds, every running
 trial stops at its next result (at most one more validation each) and the searcher suggests no
-new trial (hpo/tuning/searcher.py asks `triggered()`), the reason is written to `ctxtune_stop.json` beside
+new trial (hpo.tuning.searcher asks `triggered()`), the reason is written to `ctxtune_stop.json` beside
 Ray's results, and the search prints it, tags the parent run with it and finishes as usual. Not
 Ray's `stop_all`: in Ray 2.60 it ends running trials without telling the searcher, the scheduler
 or the callbacks (`TuneController._stop_experiment_if_needed`), which would leave them RUNNING in
