@@ -67,7 +67,7 @@ def test_ray_lines_that_compete_with_ctxtunes_own_are_dropped(caplog):
     prints `python -m hpo.search ... --resume`); a failed trial's record is one line."""
     import logging
 
-    from hpo.execution.runner import prepare_environment
+    from hpo.execution.console import prepare_environment
 
     prepare_environment()
     prepare_environment()                      # twice: one filter each, not two

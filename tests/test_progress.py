@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 
 def test_progress_line_counts_against_the_total(capsys):
-    from hpo.execution.runner import progress_printer
+    from hpo.execution.console import progress_printer
 
     printer = progress_printer("val_miou", 6, total=15)
     trials = [SimpleNamespace(trial_id=f"t{i}", status=s)

@@ -22,7 +22,8 @@ from optuna.trial import TrialState
 
 from conftest import tiny_run_config
 from hpo import report
-from hpo.execution import runner as search_runner
+from hpo.execution.runner import report_or_warn
+from hpo.results.leaderboard import format_leaderboard, leaderboard_csv
 from hpo.results import report_page
 from hpo.config import apply_overrides, dump_yaml, flatten
 from hpo.trials import STATE_FILE
@@ -180,7 +181,7 @@ def test_leaderboard_ranks_full_budget_trials_first_best_score_first(tmp_path, m
         assert r["optim.lr"] == pytest.approx(t["params"]["optim.lr"])
         assert r["optim.momentum"] == pytest.approx(t["params"]["optim.momentum"])
     # the CSV logged to the parent run keeps that order
-    csv_rows = search_runner.leaderboard_csv(rows, list(KNOBS), "val_miou").splitlines()[1:]
+    csv_rows = leaderboard_csv(rows, list(KNOBS), "val_miou").splitlines()[1:]
     assert [ln.split(",")[:2] for ln in csv_rows[:2]] == [["1", full[0]["id"]], ["2", full[1]["id"]]]
 
 
@@ -373,7 +374,7 @@ def test_auto_report_never_fails_the_search(tmp_path, capsys):
     spec = load_space(write_space(tmp_path, "broken"))
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("the report folder would go below this file")
-    search_runner.report_or_warn(SearchHandle("broken", spec, exp_dir=blocker))
+    report_or_warn(SearchHandle("broken", spec, exp_dir=blocker))
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: the sensitivity report failed"), err
     assert f"python -m hpo.report {blocker}" in err[0]
@@ -462,5 +463,5 @@ def test_leaderboard_and_promotion_agree_when_the_best_epoch_is_not_the_last(tmp
     assert (rows[0]["score"], rows[2]["best"]) == (20.0, 30.0)          # A's best epoch shown, not ranked on
     winners, _ = select_winners(handle.trials, 3, handle.max_t, handle.mode)
     assert [w.trial_id for w in winners] == [r["trial"] for r in rows]
-    printed = search_runner.format_leaderboard(rows, list(KNOBS), "val_miou").splitlines()
+    printed = format_leaderboard(rows, list(KNOBS), "val_miou").splitlines()
     assert printed[0].split()[-5:] == ["val_miou", "best_epoch", "epochs", "device_s", "status"]

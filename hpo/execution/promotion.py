@@ -24,9 +24,9 @@
 Choices:
 - Seeds are the winner config's `seed` + 0..S-1: every winner sees the same seeds (a paired
   comparison); seed 0 repeats the search's own data order.
-- The full-budget score is the final evaluation's `val_miou` (with TTA when `promote` sets
-  `eval.tta`), or its pixel accuracy when the search metric is `val_pixel_acc`; std is the sample
-  std (n-1).
+- The full-budget score is the final evaluation's value of the space file's `scheduler.metric`
+  (`final_<metric>`, with TTA when `promote` sets `eval.tta`); std is the sample std (n-1). The
+  registered version is tagged with that metric's name and value.
 - Reruns are idempotent: the same command restores the Tune run (`promotion.json` records what it
   trains; another set of winners, seeds or configs is an error, not a silent mix): finished
   trainings are skipped, unfinished ones resume from their last checkpoint into the same MLflow
@@ -143,7 +143,8 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     """Train the winners; 0 when all trainings finished, 1 when some failed, 130 when interrupted."""
     from ray import tune
 
-    from hpo.execution.runner import connect_ray, fit_resources, prepare_environment, progress_printer, trial_plan
+    from hpo.execution.console import prepare_environment, progress_printer
+    from hpo.execution.runner import connect_ray, fit_resources, trial_plan
     from hpo.tracking.trial_logger import MLflowTrialLogger
 
     prepare_environment()
@@ -185,7 +186,7 @@ def promote(handle: SearchHandle, *, top_k: int = 3, seeds: int = 2, out: str | 
     plan = trial_plan(resources, base, path, final_outputs=True)
     callbacks = [logger, progress_printer(metric, epochs, name=_trial_label, total=len(jobs)), *plan.callbacks]
     if resuming:
-        _print_restored(path)
+        _print_restored(path, metric)
         tuner = tune.Tuner.restore(str(path), trainable=plan.trainable, resume_unfinished=True, resume_errored=True)
     else:
         for j in jobs:
@@ -276,15 +277,15 @@ def _check_state(out_root: Path, state: dict) -> bool:
     return False
 
 
-def _print_restored(path: Path) -> None:
+def _print_restored(path: Path, metric: str) -> None:
     from ray import tune
 
     for t in tune.ExperimentAnalysis(str(path)).trials:
         label = _trial_label(t)
         if t.status == "TERMINATED":
-            score = (t.last_result or {}).get("final_val_miou")
+            score = (t.last_result or {}).get(f"final_{metric}")
             print(f"{label}: finished earlier, skipped"
-                  + (f" (val mIoU {score:.2f})" if isinstance(score, float) else ""), flush=True)
+                  + (f" ({metric} {score:.2f})" if isinstance(score, float) else ""), flush=True)
         else:
             print(f"{label}: {'resuming' if t.checkpoint else 'starting'}", flush=True)
 
@@ -309,7 +310,7 @@ def results_table(winners: list[TrialRecord], jobs: list[Job], scores: dict, spe
 
 def format_rows(rows: list[dict], keys: list[str], metric: str) -> str:
     from hpo.config import display_value
-    from hpo.execution.runner import aligned
+    from hpo.results.leaderboard import aligned
 
     cols = ["rank", "trial", *keys, f"search {metric}", "full budget (mean ± std)", "n", "per seed"]
     cells = [cols]
@@ -350,7 +351,7 @@ def register_champion(handle: SearchHandle, run_id: str | None, rank: int, seed:
             pass
         version = register_model(client, handle.name, run_id, {
             "rank": rank, "seed": seed, "ctxtune.search_parent": handle.parent_run_id,
-            "ray_trial_id": winner.trial_id, "val_miou": f"{score:.4f}"})
+            "ray_trial_id": winner.trial_id, handle.metric: f"{score:.4f}"})
         client.set_registered_model_alias(handle.name, CHAMPION, version)
         return version
     except Exception as exc:  # noqa: BLE001 - the trainings themselves succeeded

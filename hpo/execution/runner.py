@@ -15,22 +15,20 @@ call it the same way.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpo.config import apply_overrides, dump_yaml, get_key
-from hpo.results.ledger import ledger, log_to_run
-from hpo.tracking.store import fail_fast_http, get_or_create_experiment, resolve_tracking_uri
+from hpo.execution.console import prepare_environment, progress_printer
 from hpo.results.handle import SearchHandle, read_state, write_state
+from hpo.results.leaderboard import format_leaderboard, leaderboard_csv
+from hpo.results.ledger import ledger, log_to_run
+from hpo.tracking.store import get_or_create_experiment, resolve_tracking_uri
 from hpo.training.prepare import absolutize_paths, data_to_generate, prepare_data
-from hpo.trials import CALIBRATION_FILE, JOURNAL_FILE, STATE_FILE, trial_status
+from hpo.trials import CALIBRATION_FILE, JOURNAL_FILE, STATE_FILE
 from hpo.tuning.space import SpaceError, SpaceFile, encoded_points, make_sampler, optuna_distributions, rung_milestones
 
 
@@ -201,40 +199,6 @@ def finish_search(search: OpenSearch, wall: float, *, report: bool = True, resum
     return 0
 
 
-# --- the leaderboard, printed and as CSV -------------------------------------------------------
-
-def _cell(v) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.5g}" if isinstance(v, float) else str(v)
-
-
-def format_leaderboard(rows: list[dict], keys: list[str], metric: str, device_kind: str = "device") -> str:
-    cost = f"{device_kind}_s"
-    cols = ["rank", "trial", *keys, metric, "best_epoch", "epochs", cost, "status"]
-    shown = [{**r, metric: f"{r['score']:.2f}" if r["score"] is not None else None,
-              "best_epoch": f"{r['best']:.2f}" if r["best"] is not None else None,
-              cost: f"{r['cost']:.0f}" if r.get("cost") is not None else None} for r in rows]
-    return aligned([cols] + [[_cell(r.get(c)) for c in cols] for r in shown])
-
-
-def aligned(cells: list[list[str]]) -> str:
-    """Rows of text cells as left-aligned columns (the printed leaderboards)."""
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in cells)
-
-
-def leaderboard_csv(rows: list[dict], keys: list[str], metric: str, device_kind: str = "device") -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["rank", "trial", *keys, metric, f"best_epoch_{metric}", "epochs", f"{device_kind}_seconds",
-                     "status"])
-    for r in rows:
-        writer.writerow([r["rank"], r["trial"], *[r[k] for k in keys], r["score"], r["best"], r["epochs"],
-                         r.get("cost"), r["status"]])
-    return buf.getvalue()
-
-
 # --- pieces --------------------------------------------------------------------------------------
 
 def connect_ray(address: str | None) -> None:
@@ -309,89 +273,6 @@ def trial_plan(resources: dict, base: dict, experiment_dir: Path, final_outputs:
                          f"the Ray cluster has {have:g}")
     return TrialPlan(tune.with_resources(trainable, tune.PlacementGroupFactory([{"CPU": 0, "memory": 2**20}])),
                      False, int(have // need), [PlacementGroupReaper()])
-
-
-def progress_printer(metric: str, max_t: int, name=None, total: int | None = None):
-    """A Tune callback printing a compact line per validation result (Ray's own table is off);
-    `name(trial)` labels a trial (default "trial <id>"); `total`: the trials the run will have (the
-    count says `3/15 done, 2 running`)."""
-    from ray.tune import Callback
-
-
-    label = name or (lambda trial: f"trial {trial.trial_id}")
-
-    class ProgressPrinter(Callback):
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-            running = sum(t.status == "RUNNING" for t in trials)
-            score = (f"{metric} {result[metric]:.2f} loss {result.get('train_loss', float('nan')):.3f}"
-                     if metric in result else result.get("status", "no score"))
-            print(f"[{time.strftime('%H:%M:%S')}] {label(trial)} epoch {result.get('training_iteration')}/"
-                  f"{max_t} {score} ({done}/{total or len(trials)} done, {running} running)", flush=True)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            print(f"[{time.strftime('%H:%M:%S')}] {label(trial)} "
-                  f"{trial_status(trial.last_result, False, max_t)}", flush=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            print(f"[{time.strftime('%H:%M:%S')}] {label(trial)} failed", flush=True)
-
-    return ProgressPrinter()
-
-
-def prepare_environment() -> None:
-    """Settings every Tune run of ctxtune needs in the driver (a search's, a promotion's)."""
-    # Per-epoch checkpoints of short toy trials trip Ray's snapshot-frequency warning constantly.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # A diverged trial's last result carries its status and no metrics (hpo.execution.trainable). Tune's
-    # check that every result holds the metric guards against typos, which the space file's schema
-    # already rules out (scheduler.metric is one of the metrics trials report).
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # An unreachable tracking server must fail fast into the MLflow logger's queue, not block the
-    # driver loop (and with it every trial's results and checkpoints) for minutes per call.
-    fail_fast_http()
-    # A failed trial is one line in the console (Ray would print its whole traceback); the trace
-    # stays in the trial's error file under Ray's results and its MLflow run's `error` tag.
-    _add_filter("ray.tune.execution.tune_controller", OneLineTrialErrors())
-    # ctxtune prints its own resume command (`python -m hpo.search ... --resume`); Ray's
-    # "Resume experiment with: Tuner.restore(...)" would only compete with it. Token authentication
-    # stays on: only its per-run notice goes.
-    _add_filter("ray.tune.tune", DropRecords("Experiment has been interrupted"))
-    _add_filter("ray._private.authentication.authentication_token_setup",
-                DropRecords("Token authentication is enabled"))
-    import optuna
-
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def _add_filter(logger_name: str, log_filter: logging.Filter) -> None:
-    log = logging.getLogger(logger_name)
-    if not any(type(f) is type(log_filter) and vars(f) == vars(log_filter) for f in log.filters):
-        log.addFilter(log_filter)
-
-
-class DropRecords(logging.Filter):
-    """Drops a logger's records whose message starts with `prefix`."""
-
-    def __init__(self, prefix: str):
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
-
-
-class OneLineTrialErrors(logging.Filter):
-    """Ray's "Trial task failed for trial X" record, cut to one line: the exception's last line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and str(record.msg).startswith("Trial task failed"):
-            exc = record.exc_info[1]
-            last = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-            record.msg = f"{record.msg}: {last[-1] if last else type(exc).__name__}"
-            record.exc_info, record.exc_text, record.args = None, None, ()
-        return True
 
 
 def dry_run(spec: SpaceFile, n: int = 3) -> None:
