@@ -27,10 +27,11 @@ test: $(STAMP)
 MUTANTS := 'hpo.tuning.rung_check.*' 'hpo.tuning.priors.*' 'hpo.training.schedules.*' 'hpo.results.ledger.*' \
 	'datasets.metrics.*' 'datasets.inference.*' \
 	'hpo.results.handle.*leaderboard__mutmut_*' 'hpo.results.handle.*best_value__mutmut_*' \
-	'hpo.results.handle.x_trial_status__mutmut_*' \
-	'hpo.replay.*snap__mutmut_*' 'hpo.replay.*quality__mutmut_*' \
-	'hpo.replay.*regret_at__mutmut_*' 'hpo.replay.*epochs_to__mutmut_*' \
-	'hpo.replay.x_expected_epochs_per_trial__mutmut_*' 'hpo.replay.*CurveSource*__post_init____mutmut_*' \
+	'hpo.trials.x_trial_status__mutmut_*' \
+	'hpo.simulation.curves.*snap__mutmut_*' 'hpo.simulation.curves.*quality__mutmut_*' \
+	'hpo.simulation.simulator.*regret_at__mutmut_*' 'hpo.simulation.simulator.*epochs_to__mutmut_*' \
+	'hpo.simulation.simulator.x_expected_epochs_per_trial__mutmut_*' \
+	'hpo.simulation.curves.*CurveSource*__post_init____mutmut_*' \
 	'hpo.tuning.space.x_optuna_distributions__mutmut_*' 'hpo.tuning.space.x_encoded_points__mutmut_*' \
 	'hpo.tuning.space.x_rung_milestones__mutmut_*' 'hpo.tuning.space.x_max_reports__mutmut_*' \
 	'hpo.tuning.space.x_base_sampler__mutmut_*' 'hpo.tuning.space.x_make_sampler__mutmut_*'

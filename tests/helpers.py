@@ -297,3 +297,16 @@ def hand_spearman(x: list[float], y: list[float]) -> float:
     mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
     dx, dy = [v - mx for v in rx], [v - my for v in ry]
     return sum(a * b for a, b in zip(dx, dy)) / (sum(a * a for a in dx) * sum(b * b for b in dy)) ** 0.5
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """PyTorch's intra-op threads set to `n` inside the block, restored after (for whatever runs next)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

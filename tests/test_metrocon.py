@@ -8,14 +8,14 @@ import torch.nn.functional as F
 
 from models.metrocon import GRIDS, MetroCon2, MetroConArgumentError, metrocon_depth
 
+from helpers import torch_threads
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     # hundreds of tiny convs: thread start-up and barriers on a shared 2-core box cost more than the work
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def _pair(rows, cols, c=6, depth=2, **kw):

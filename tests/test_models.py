@@ -13,14 +13,14 @@ from models.backbone import ResNetBackbone, build_backbone
 from models.glore import GloReUnit
 from models.summary import main as summary_main
 
+from helpers import torch_threads
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
     # toy tensors are tiny: intra-op threads only add sync overhead, badly so on a busy 2-core box
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def _one_line_config_error(cfg: dict, key: str) -> str:

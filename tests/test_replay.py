@@ -1,4 +1,4 @@
-"""Replay in simulated time (hpo/replay.py), the rung self-check and diverged-trial feedback.
+"""Replay in simulated time (hpo.simulation), the rung self-check and diverged-trial feedback.
 
 The replay drives the real HonestOptunaSearch / Optuna sampler / Ray ASHAScheduler; the check
 against reality runs a real search (local Ray, Optuna journal, MLflow sqlite) and replays its own

@@ -10,16 +10,16 @@ import torch
 from models import ConfigError, build_model, model_names, preset, seg_loss
 from models.spam import ChannelContextAttention, SpatialContextAttention, shuffle_steps
 
+from helpers import torch_threads
+
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     # many small ops: on a shared 2-core box, 2 intra-op threads spin on each other's barriers
-    # (measured 10-50x slower under load); restore the setting for whatever runs next
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    # (measured 10-50x slower under load)
+    with torch_threads(1):
+        yield
 
 
 def toy(**model) -> dict:
