@@ -6,11 +6,12 @@
     spec = load_space("search_spaces/demo.yaml", overrides={"experiment.name": "demo-2"})
     rc = run_search(spec, space_path="search_spaces/demo.yaml")      # 0, or 130 when interrupted
 
-`run_search` = `open_search` (resume guard, data, Ray, MLflow experiment + parent run, the state
-file beside Ray's results) -> `build_tuner` (the trainable, the honest Optuna searcher, ASHA, the
-MLflow callback) -> `Tuner.fit` -> `finish_search` (interruption, leaderboard, best config, the
-sensitivity report). `python -m hpo.search` only parses its arguments and calls it; benchmarks
-call it the same way.
+`run_search` = `open_search` (resume guard, data prepared and checked, Ray, MLflow experiment +
+parent run, the state file beside Ray's results) -> `build_tuner` (the trainable, the searcher and
+scheduler from hpo.tuning.factory, the stop rules, the MLflow callback) -> `Tuner.fit` ->
+`finish_search` (interruption, leaderboard, best config, the sensitivity report). `python -m
+hpo.search` only parses its arguments and calls it (`hpo.run_search` is the same function);
+benchmarks call it the same way. Room `hpo.execution`: the Ray side.
 """
 
 from __future__ import annotations
