@@ -165,6 +165,7 @@ def test_import_hpo_is_cheap_and_exports_the_api():
             "from hpo.tuning.space import load_space\n"
             "from hpo.execution.promotion import promote\n"
             "ok = hpo.load_space is load_space and hpo.promote_search is promote\n"
+            "ok = ok and all(callable(getattr(hpo, name)) for name in hpo.__all__)\n"
             "print(heavy, ok, set(hpo.__all__) <= set(dir(hpo)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HPO.parent, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
