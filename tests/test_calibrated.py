@@ -163,6 +163,26 @@ def test_make_scheduler_follows_the_space_file(tmp_path):
     assert make_scheduler(SchedulerSection(max_t=9), d, 6).cold_start == 12      # max(8, 2 x concurrent)
 
 
+def test_make_searcher_follows_the_space_file():
+    """The searcher the real search and the replay both build: the search section's feedback
+    settings, and the calibrated scheduler's predicted finals for the trials it cuts."""
+    import optuna
+
+    from hpo.tuning.factory import make_searcher
+    from hpo.tuning.space import SchedulerSection, SearchSection
+
+    d = _dist()
+    scheduler = make_scheduler(SchedulerSection(max_t=9), d, 2)
+    searcher = make_searcher(d, "val_miou", "max", optuna.samplers.RandomSampler(seed=0), max_t=9,
+                             search=SearchSection(feedback="complete", diverged_feedback="worst"),
+                             scheduler=scheduler)
+    assert (searcher.feedback, searcher.diverged_feedback, searcher.max_t) == ("complete", "worst", 9)
+    assert searcher.final_estimate == scheduler.estimate
+    plain = make_searcher(d, "val_miou", "max", optuna.samplers.RandomSampler(seed=0), max_t=9,
+                          search=SearchSection(), scheduler=make_scheduler(SchedulerSection(max_t=9, trust="raw"), d, 2))
+    assert (plain.feedback, plain.diverged_feedback, plain.final_estimate) == ("pruned", "pruned", None)
+
+
 def test_searcher_is_told_the_estimate_of_a_cut_trial():
     """A trial cut on a trusted prediction reaches Optuna as COMPLETE with the predicted final."""
     import optuna

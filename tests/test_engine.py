@@ -78,6 +78,23 @@ def test_diverging_loss_raises_divergence(tiny_data):
         Trainer(cfg, log=lambda *_: None).fit()
 
 
+def test_validation_scores_by_hand_from_the_confusion_matrix(trained):
+    """val_miou, val_pixel_acc and the per-class IoU of a validation, by hand from its confusion
+    matrix (rows = ground truth): IoU = tp / (row + column - tp) over the classes present, percent."""
+    _, trainer, _, _, _ = trained
+    val = trainer.validate()
+    m = val.confusion.astype(np.float64)
+    tp = np.diag(m)
+    union = m.sum(0) + m.sum(1) - tp
+    present = union > 0
+    iou = tp[present] / union[present] * 100
+    assert val.metrics["val_miou"] == pytest.approx(iou.mean(), abs=1e-6)
+    assert val.metrics["val_pixel_acc"] == pytest.approx(tp.sum() / m.sum() * 100, abs=1e-6)
+    names = list(trainer.data.class_names)
+    assert [val.per_class_iou[names[i]] for i in np.flatnonzero(present)] == pytest.approx(list(iou), abs=1e-6)
+    assert val.metrics["val_miou"] != pytest.approx(val.metrics["val_pixel_acc"], abs=0.5)   # tells them apart
+
+
 def test_evaluate_cli_exports_official_format(trained, tiny_data, tmp_path, capsys):
     from hpo import evaluate
 

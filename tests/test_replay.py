@@ -59,6 +59,20 @@ def test_replay_is_deterministic_for_a_seed():
     assert all(t.epochs == 2 for t in first.trials if t.status == "failed")     # diverged at epoch 2
 
 
+def test_plain_asha_replay_buys_trials_at_ashas_expected_cost():
+    """trust raw with an epoch budget and no num_samples: as many trials as the budget buys at ASHA's
+    expected epochs per trial; the replay ends when either runs out."""
+    from hpo.simulation.simulator import ReplaySettings, expected_epochs_per_trial, replay
+
+    source = synthetic_source()
+    budget = 60          # seed 0: the 26 trials it buys end before the budget does
+    n = math.ceil(budget / expected_epochs_per_trial(9, 1, 3))
+    res = replay(source, ReplaySettings(sampler="random", trust="raw", grace_period=1, reduction_factor=3,
+                                        max_concurrent=1, budget_epochs=budget))
+    assert len(res.trials) <= n
+    assert len(res.trials) == n or res.epochs >= budget, (len(res.trials), n, res.epochs)
+
+
 def test_replay_snaps_to_the_nearest_config_and_scores_regret():
     from hpo.simulation.simulator import ReplaySettings, replay
 
