@@ -127,3 +127,17 @@ def test_evaluate_missing_checkpoint_is_one_line(tiny_data, tmp_path, capsys):
     assert evaluate.main([str(cfg_path), "--checkpoint", str(tmp_path / "nope.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope.pt" in err
+
+
+def test_atomic_write_keeps_the_previous_file_when_a_write_fails(tmp_path):
+    from hpo.training.files import atomic_path, write_text_atomic
+
+    path = tmp_path / "state.json"
+    write_text_atomic(path, "first")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+    write_text_atomic(path, "second")
+    assert path.read_text() == "second"
